@@ -1,0 +1,148 @@
+"""Command-line interface: ``xrayviewer <command>``.
+
+Each file is handled on its own: one bad file is reported and the rest go on, and the exit
+status says whether any failed (0 all ok, 1 some failed, 2 usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import RESEARCH_NOTICE, __version__
+from .errors import XRayViewerError
+
+log = logging.getLogger("xrayviewer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xrayviewer",
+        description="Offline chest X-ray viewer and analyser. " + RESEARCH_NOTICE,
+    )
+    parser.add_argument("--version", action="version", version=f"xrayviewer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = sub.add_parser("info", help="show what was loaded from image files (format, size, window, spacing)")
+    info.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM, PNG, JPEG, TIFF or BMP files")
+    info.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    info.add_argument("--phi", action="store_true", help="include patient-identifying fields (off by default)")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def describe_image(path: Path, *, phi: bool = False) -> dict[str, Any]:
+    """Load one file and summarise it as a JSON-able dict (no patient data unless ``phi``)."""
+    from .imaging import load_image
+
+    img = load_image(path)
+    meta = img.metadata.as_dict()
+    record: dict[str, Any] = {"path": str(path), "status": "ok", **meta}
+    record["window"] = {
+        "name": img.default_window.name,
+        "center": img.default_window.center,
+        "width": img.default_window.width,
+        "function": img.default_window.function,
+        "kind": img.default_window.kind,
+    }
+    record["windows"] = [w.describe() for w in img.windows]
+    record["inverted"] = img.invert
+    record["dtype"] = str(img.values.dtype)
+    record["warnings"] = list(img.warnings)
+    if phi:
+        record["patient"] = img.patient.as_dict()
+    return record
+
+
+def _format_text(rec: dict[str, Any]) -> str:
+    if rec["status"] != "ok":
+        return f"{rec['path']}: ERROR {rec['error']}"
+    parts = [
+        rec["format"],
+        f"{rec['columns']}x{rec['rows']}",
+        f"{rec['bits_stored']}/{rec['bits_allocated']} bits",
+        rec["photometric"],
+    ]
+    if rec.get("modality"):
+        parts.append(f"modality {rec['modality']}")
+    if rec.get("view_position"):
+        parts.append(f"view {rec['view_position']}")
+    w = rec["window"]
+    parts.append("window VOI LUT" if w["kind"] == "lut" else f"window C={w['center']:g} W={w['width']:g}")
+    if rec.get("inverted"):
+        parts.append("inverted for display")
+    spacing = rec.get("pixel_spacing_mm")
+    parts.append(
+        f"spacing {spacing[0]:g}x{spacing[1]:g} mm ({rec['spacing_source']})" if spacing else "spacing unknown"
+    )
+    if rec.get("transfer_syntax_name"):
+        parts.append(f"transfer syntax {rec['transfer_syntax_name']}")
+    line = f"{rec['path']}: " + ", ".join(parts)
+    if rec.get("warnings"):
+        line += " [warning: " + "; ".join(rec["warnings"]) + "]"
+    if rec.get("patient"):
+        pat = {k: v for k, v in rec["patient"].items() if v}
+        line += " [patient: " + ", ".join(f"{k}={v}" for k, v in pat.items()) + "]"
+    return line
+
+
+def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            rec = describe_image(path, phi=args.phi)
+        except XRayViewerError as exc:
+            failed += 1
+            rec = {"path": str(path), "status": "error", "error": exc.message, "error_type": type(exc).__name__}
+        except Exception as exc:  # a bug, not the file's fault: still report and go on
+            failed += 1
+            log.exception("unexpected error while reading %s", path)
+            rec = {"path": str(path), "status": "error", "error": f"internal error: {exc}", "error_type": "InternalError"}
+        out.write((json.dumps(rec, default=str) if args.json else _format_text(rec)) + "\n")
+        out.flush()
+    return 1 if failed else 0
+
+
+class _QuietLibraries(logging.Filter):
+    """Drop pydicom's per-plugin decode tracebacks and header-quirk warnings.
+
+    Our own error message already names the file and the problem; the library detail is
+    kept for ``-vv``. A handler filter (not a level) because pydicom resets its logger's
+    level when it is imported.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith(("pydicom", "py.warnings")) and record.levelno < logging.CRITICAL)
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbosity < 2:
+        handler.addFilter(_QuietLibraries())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    if args.command is None:
+        # The viewer arrives with the GUI issue; until then, the CLI is the main job.
+        parser.print_help(out or sys.stdout)
+        return 0
+    return int(args.func(args, out or sys.stdout))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""PNG / JPEG / TIFF / BMP through Pillow, keeping 16-bit depth and honouring EXIF."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+
+from ..errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
+from .types import ImageMetadata, PatientInfo, XRayImage
+from .windowing import percentile_window, range_window, to_uint8, apply_window
+
+log = logging.getLogger(__name__)
+
+_GREY_MODES = {"L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "1", "LA", "PA"}
+
+
+def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayImage:
+    """Decode a raster image; colour -> grey with a warning, first frame of multi-frame."""
+    from PIL import Image, ImageOps
+
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            # Pillow's bomb guard raises above 2x its limit; between 1x and 2x it warns.
+            # Make the warning an error here (locally) so we never decode a bomb silently.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {w}x{h} = {w * h:,} pixels, above the {max_pixels:,}-pixel limit", source
+                )
+            if w == 0 or h == 0:
+                raise CorruptImageError(f"image has zero size ({w}x{h})", source)
+            n_frames = int(getattr(img, "n_frames", 1) or 1)
+            if n_frames > 1:
+                notes.append(f"{n_frames} frames in file; showing the first frame only")
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageTooLargeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"refused as a possible decompression bomb ({exc})", source) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct_error()) as exc:
+        raise CorruptImageError(f"{fmt} data could not be decoded ({_short(exc)})", source) from exc
+
+    mode = img.mode
+    arr, bits, note = _to_grey_array(img, source)
+    if note:
+        notes.append(note)
+    if arr.ndim != 2:
+        raise UnsupportedImageError(f"unexpected pixel layout {arr.shape} (mode {mode})", source)
+
+    if arr.dtype == np.uint8:
+        from .types import WindowPreset
+
+        default = WindowPreset(name="Full 8-bit range", center=128.0, width=256.0)
+        windows = (default, percentile_window(arr))
+    else:
+        default = range_window(arr, name="Full data range")
+        windows = (default, percentile_window(arr))
+    display = to_uint8(apply_window(arr, default))
+    meta = ImageMetadata(
+        format=fmt,
+        rows=int(arr.shape[0]),
+        columns=int(arr.shape[1]),
+        bits_stored=bits,
+        bits_allocated=arr.dtype.itemsize * 8,
+        photometric=mode,
+        number_of_frames=n_frames,
+        file_size=len(data),
+    )
+    return XRayImage(
+        source=source,
+        values=arr,
+        display=display,
+        metadata=meta,
+        windows=windows,
+        default_window=default,
+        invert=False,
+        patient=PatientInfo(),
+        warnings=tuple(notes),
+    )
+
+
+def _to_grey_array(img, source: str) -> tuple[np.ndarray, int, str | None]:
+    """Pillow image -> (2-D array, significant bits, warning or None)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img).astype(np.uint16)
+        return arr, 16, None
+    if mode == "I":
+        arr = np.asarray(img)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 0xFFFF:
+            return arr.astype(np.uint16), 16, None
+        return arr.astype(np.float32), 32, None
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise CorruptImageError("floating-point image contains NaN or infinity", source)
+        return arr, 32, None
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8), 8, None
+    if mode == "1":
+        return np.asarray(img.convert("L"), dtype=np.uint8), 1, None
+    if mode in ("LA", "La"):
+        return np.asarray(img.getchannel(0), dtype=np.uint8), 8, None
+    # Colour (RGB, RGBA, P, CMYK, YCbCr, ...): convert, and say so if it really was colour.
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    grey = np.asarray(img.convert("L"), dtype=np.uint8)
+    spread = int(np.max(np.abs(rgb - rgb.mean(axis=2, keepdims=True)))) if rgb.size else 0
+    if spread > 8:
+        return grey, 8, f"colour image ({mode}) converted to greyscale"
+    return grey, 8, None
+
+
+def struct_error() -> type[Exception]:
+    import struct
+
+    return struct.error
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
