@@ -1,5 +1,5 @@
 """``python -m xrayviewer`` - same as the ``xrayviewer`` command."""
 
-from .cli import main
+from .launcher import main
 
 raise SystemExit(main())

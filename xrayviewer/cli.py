@@ -20,10 +20,14 @@ from .errors import XRayViewerError
 log = logging.getLogger("xrayviewer")
 
 
+COMMANDS = ("info", "help")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xrayviewer",
         description="Offline chest X-ray viewer and analyser. " + RESEARCH_NOTICE,
+        epilog="Without a command (or with image/folder paths, or `view PATH`), xrayviewer opens the viewer window.",
     )
     parser.add_argument("--version", action="version", version=f"xrayviewer {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     info.add_argument("--phi", action="store_true", help="include patient-identifying fields (off by default)")
     info.set_defaults(func=cmd_info)
+    sub.add_parser("help", help="show this help").set_defaults(func=lambda a, out: (parser.print_help(out), 0)[1])
     return parser
 
 
@@ -121,7 +126,7 @@ class _QuietLibraries(logging.Filter):
         return not (record.name.startswith(("pydicom", "py.warnings")) and record.levelno < logging.CRITICAL)
 
 
-def _setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -136,9 +141,8 @@ def _setup_logging(verbosity: int) -> None:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.command is None:
-        # The viewer arrives with the GUI issue; until then, the CLI is the main job.
         parser.print_help(out or sys.stdout)
         return 0
     return int(args.func(args, out or sys.stdout))

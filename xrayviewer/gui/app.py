@@ -1,0 +1,687 @@
+"""The main viewer window.
+
+Everything slow (decoding a 4k JPEG 2000, later: analysis) runs through
+:class:`BackgroundTasks`; Tk is touched only on the Tk thread. View maths live in
+:mod:`xrayviewer.rendering` and are tested without Tk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tkinter as tk
+from pathlib import Path
+from tkinter import filedialog, messagebox, ttk
+from typing import Any
+
+import numpy as np
+
+from .. import RESEARCH_NOTICE, __version__
+from ..errors import XRayViewerError
+from ..imaging import XRayImage, load_image
+from ..imaging.detect import sniff_format
+from ..imaging.types import WindowPreset
+from ..imaging.windowing import apply_window, to_uint8
+from ..rendering import ViewState, measure, render_view, wl_from_drag
+from ..settings import Settings
+from . import dialogs
+from .worker import BackgroundTasks
+
+log = logging.getLogger(__name__)
+
+FILETYPES = [
+    ("X-ray images", "*.dcm *.DCM *.dicom *.png *.jpg *.jpeg *.tif *.tiff *.bmp"),
+    ("DICOM", "*.dcm *.DCM *.dicom"),
+    ("All files", "*"),
+]
+ZOOM_STEP = 1.25
+PANEL_WIDTH = 300
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Files in ``folder`` (not recursive) whose content is an image we can read."""
+    out = []
+    for p in sorted(folder.iterdir(), key=lambda q: q.name.lower()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        try:
+            with open(p, "rb") as fh:
+                if sniff_format(fh.read(512)):
+                    out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+class ViewerApp:
+    """Main window: toolbar, file list, canvas, info panel, status bar."""
+
+    def __init__(self, root: tk.Tk, settings: Settings, *, settings_path: Path | None = None) -> None:
+        self.root = root
+        self.settings = settings
+        self.settings_path = settings_path
+        self.callback_errors: list[BaseException] = []
+        root.report_callback_exception = self._on_tk_error
+        root.title(f"xrayviewer {__version__}")
+        root.geometry("1280x820")
+        root.minsize(800, 500)
+
+        self.tasks = BackgroundTasks(root)
+        self.image: XRayImage | None = None
+        self.path: Path | None = None
+        self.state: ViewState | None = None
+        self.window: WindowPreset | None = None
+        self.user_invert = False
+        self.rulers: list[tuple[tuple[float, float], tuple[float, float]]] = []
+        self.ruler_mode = False
+        self.folder_files: list[Path] = []
+        self._values_f32: np.ndarray | None = None
+        self._warp_key: Any = None
+        self._warped: np.ndarray | None = None
+        self._inside: np.ndarray | None = None
+        self._photo: Any = None
+        self._drag: dict[str, Any] = {}
+        self._redraw_pending = False
+        self.last_render_ms = 0.0
+
+        self._build_menus()
+        self._build_layout()
+        self._bind_keys()
+        self._enable_drop()
+        self.set_status("Open a DICOM, PNG, JPEG or TIFF file (Ctrl+O), or drop one here.")
+
+    # ------------------------------------------------------------------ layout
+    def _build_menus(self) -> None:
+        m = tk.Menu(self.root)
+        self.root.configure(menu=m)
+        file_menu = tk.Menu(m, tearoff=False)
+        file_menu.add_command(label="Open...", accelerator="Ctrl+O", command=self.ask_open)
+        file_menu.add_command(label="Open folder...", accelerator="Ctrl+Shift+O", command=self.ask_open_folder)
+        self.recent_menu = tk.Menu(file_menu, tearoff=False)
+        file_menu.add_cascade(label="Open recent", menu=self.recent_menu)
+        file_menu.add_separator()
+        file_menu.add_command(label="Close image", command=self.close_image)
+        file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
+        m.add_cascade(label="File", menu=file_menu)
+
+        view = tk.Menu(m, tearoff=False)
+        view.add_command(label="Fit to window", accelerator="F", command=self.fit)
+        view.add_command(label="Actual size", accelerator="1", command=self.one_to_one)
+        view.add_command(label="Zoom in", accelerator="+", command=lambda: self.zoom(ZOOM_STEP))
+        view.add_command(label="Zoom out", accelerator="-", command=lambda: self.zoom(1 / ZOOM_STEP))
+        view.add_separator()
+        view.add_command(label="Rotate clockwise", accelerator="R", command=lambda: self.rotate(1))
+        view.add_command(label="Rotate counter-clockwise", accelerator="Shift+R", command=lambda: self.rotate(-1))
+        view.add_command(label="Flip horizontal", accelerator="H", command=self.flip_h)
+        view.add_command(label="Flip vertical", accelerator="V", command=self.flip_v)
+        view.add_command(label="Invert", accelerator="I", command=self.toggle_invert)
+        view.add_separator()
+        view.add_command(label="Reset view", accelerator="Esc", command=self.reset_view)
+        m.add_cascade(label="View", menu=view)
+
+        self.window_menu = tk.Menu(m, tearoff=False)
+        m.add_cascade(label="Window", menu=self.window_menu)
+
+        tools = tk.Menu(m, tearoff=False)
+        tools.add_command(label="Ruler mode", accelerator="M", command=self.toggle_ruler)
+        tools.add_command(label="Clear rulers", accelerator="C", command=self.clear_rulers)
+        tools.add_command(label="DICOM tags...", accelerator="T", command=self.show_tags)
+        m.add_cascade(label="Tools", menu=tools)
+
+        help_menu = tk.Menu(m, tearoff=False)
+        help_menu.add_command(label="Keyboard shortcuts", accelerator="F1", command=lambda: dialogs.show_shortcuts(self.root))
+        help_menu.add_command(label="Intended use", command=lambda: messagebox.showinfo("Intended use", dialogs.NOTICE_TEXT, parent=self.root))
+        help_menu.add_command(label="About", command=lambda: messagebox.showinfo("About xrayviewer", dialogs.about_text(), parent=self.root))
+        m.add_cascade(label="Help", menu=help_menu)
+        self._refresh_recent_menu()
+
+    def _build_layout(self) -> None:
+        bar = ttk.Frame(self.root, padding=(6, 4))
+        bar.pack(side="top", fill="x")
+        for text, cmd in (
+            ("Open", self.ask_open), ("Folder", self.ask_open_folder), ("Fit", self.fit), ("1:1", self.one_to_one),
+            ("Rotate", lambda: self.rotate(1)), ("Flip", self.flip_h), ("Invert", self.toggle_invert),
+            ("Tags", self.show_tags),
+        ):
+            ttk.Button(bar, text=text, command=cmd, width=7).pack(side="left", padx=1)
+        self.ruler_var = tk.BooleanVar(value=False)
+        ttk.Checkbutton(bar, text="Ruler", variable=self.ruler_var, command=self._ruler_from_var).pack(side="left", padx=6)
+        ttk.Label(bar, text="Window:").pack(side="left", padx=(12, 2))
+        self.window_var = tk.StringVar()
+        self.window_box = ttk.Combobox(bar, textvariable=self.window_var, state="readonly", width=30)
+        self.window_box.pack(side="left")
+        self.window_box.bind("<<ComboboxSelected>>", lambda e: self.select_window(self.window_var.get()))
+
+        status = ttk.Frame(self.root, padding=(6, 2))
+        status.pack(side="bottom", fill="x")
+        self.status_var = tk.StringVar()
+        self.pixel_var = tk.StringVar()
+        self.zoom_var = tk.StringVar()
+        ttk.Label(status, textvariable=self.status_var, anchor="w").pack(side="left", fill="x", expand=True)
+        ttk.Label(status, textvariable=self.pixel_var, anchor="e", width=44).pack(side="right")
+        ttk.Label(status, textvariable=self.zoom_var, anchor="e", width=10).pack(side="right")
+
+        body = ttk.PanedWindow(self.root, orient="horizontal")
+        body.pack(fill="both", expand=True)
+        self.list_frame = ttk.Frame(body, width=200)
+        self.file_list = tk.Listbox(self.list_frame, activestyle="dotbox", exportselection=False)
+        self.file_list.pack(fill="both", expand=True)
+        self.file_list.bind("<<ListboxSelect>>", self._on_list_select)
+        self.canvas = tk.Canvas(body, background="#101010", highlightthickness=0, cursor="crosshair")
+        self.panel = ttk.Frame(body, width=PANEL_WIDTH, padding=8)
+        body.add(self.list_frame, weight=0)
+        body.add(self.canvas, weight=1)
+        body.add(self.panel, weight=0)
+        self.body = body
+        body.forget(self.list_frame)  # shown when a folder is opened
+        self._list_visible = False
+
+        ttk.Label(self.panel, text="Image", font=("TkDefaultFont", 11, "bold")).pack(anchor="w")
+        self.info_text = tk.Text(self.panel, width=38, height=18, wrap="word", relief="flat",
+                                 background=self.root.cget("background"), font=("TkDefaultFont", 9))
+        self.info_text.pack(fill="x")
+        self.info_text.tag_configure("key", foreground="#555555")
+        self.info_text.tag_configure("warn", foreground="#b36b00")
+        self.info_text.tag_configure("error", foreground="#c00000")
+        self.info_text.configure(state="disabled")
+        ttk.Separator(self.panel).pack(fill="x", pady=8)
+        ttk.Label(self.panel, text=RESEARCH_NOTICE, wraplength=PANEL_WIDTH - 20, foreground="#a00000",
+                  justify="left").pack(anchor="w", side="bottom")
+
+        self.canvas.bind("<Configure>", lambda e: self._on_resize(e.width, e.height))
+        self.canvas.bind("<ButtonPress-1>", self._left_down)
+        self.canvas.bind("<B1-Motion>", self._left_drag)
+        self.canvas.bind("<ButtonRelease-1>", self._left_up)
+        self.canvas.bind("<ButtonPress-3>", self._right_down)
+        self.canvas.bind("<B3-Motion>", self._right_drag)
+        self.canvas.bind("<Motion>", self._motion)
+        self.canvas.bind("<MouseWheel>", self._wheel)
+        self.canvas.bind("<Button-4>", lambda e: self._wheel_at(e.x, e.y, ZOOM_STEP))
+        self.canvas.bind("<Button-5>", lambda e: self._wheel_at(e.x, e.y, 1 / ZOOM_STEP))
+
+    def _bind_keys(self) -> None:
+        r = self.root
+        r.bind("<Control-o>", lambda e: self.ask_open())
+        r.bind("<Control-O>", lambda e: self.ask_open_folder())
+        r.bind("<Control-q>", lambda e: self.quit())
+        plain = {
+            "f": self.fit, "1": self.one_to_one, "plus": lambda: self.zoom(ZOOM_STEP), "equal": lambda: self.zoom(ZOOM_STEP),
+            "minus": lambda: self.zoom(1 / ZOOM_STEP), "r": lambda: self.rotate(1), "R": lambda: self.rotate(-1),
+            "h": self.flip_h, "v": self.flip_v, "i": self.toggle_invert, "w": self.next_window, "m": self.toggle_ruler,
+            "c": self.clear_rulers, "t": self.show_tags, "Escape": self.reset_view, "F1": lambda: dialogs.show_shortcuts(self.root),
+            "Up": lambda: self.step_file(-1), "Down": lambda: self.step_file(1), "Prior": lambda: self.step_file(-1),
+            "Next": lambda: self.step_file(1), "KP_Add": lambda: self.zoom(ZOOM_STEP), "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP),
+        }
+        for key, fn in plain.items():
+            r.bind(f"<KeyPress-{key}>", lambda e, fn=fn: self._key(e, fn))
+
+    def _key(self, event: tk.Event, fn: Any) -> str | None:
+        # Do not steal keys typed into entries/comboboxes.
+        if isinstance(event.widget, (tk.Entry, ttk.Entry, ttk.Combobox, tk.Text)) and event.widget is not self.info_text:
+            return None
+        fn()
+        return "break"
+
+    def _enable_drop(self) -> None:
+        if not hasattr(self.root, "drop_target_register"):
+            return
+        try:
+            from tkinterdnd2 import DND_FILES
+
+            self.canvas.drop_target_register(DND_FILES)
+            self.canvas.dnd_bind("<<Drop>>", self._on_drop)
+        except Exception as exc:  # tkdnd missing for this platform: keep the other ways to open
+            log.info("drag and drop unavailable: %s", exc)
+
+    def _on_drop(self, event: Any) -> str:
+        paths = [Path(p) for p in self.root.tk.splitlist(event.data)]
+        if paths:
+            self.open_any(paths[0])
+        return "copy"
+
+    # ------------------------------------------------------------------ opening
+    def ask_open(self) -> None:
+        path = filedialog.askopenfilename(parent=self.root, title="Open X-ray image", filetypes=FILETYPES)
+        if path:
+            self.open_path(Path(path))
+
+    def ask_open_folder(self) -> None:
+        folder = filedialog.askdirectory(parent=self.root, title="Open folder of images", mustexist=True)
+        if folder:
+            self.open_folder(Path(folder))
+
+    def open_any(self, path: Path) -> None:
+        if path.is_dir():
+            self.open_folder(path)
+        else:
+            self.open_path(path)
+
+    def open_folder(self, folder: Path) -> None:
+        files = list_images(folder)
+        self.folder_files = files
+        self.file_list.delete(0, "end")
+        for f in files:
+            self.file_list.insert("end", f.name)
+        if not self._list_visible:
+            self.body.insert(0, self.list_frame, weight=0)
+            self._list_visible = True
+        if not files:
+            self.set_status(f"{folder}: no readable images in this folder")
+            return
+        self.file_list.selection_set(0)
+        self.open_path(files[0])
+
+    def open_path(self, path: Path) -> None:
+        self.set_status(f"Loading {path.name} ...")
+        self.root.configure(cursor="watch")
+        self.tasks.submit(
+            "load",
+            lambda: load_image(path),
+            lambda img: self._on_loaded(path, img),
+            lambda exc: self._on_load_error(path, exc),
+        )
+
+    def _on_loaded(self, path: Path, img: XRayImage) -> None:
+        self.root.configure(cursor="")
+        self.image = img
+        self.path = path
+        self._values_f32 = np.ascontiguousarray(img.values, dtype=np.float32)
+        self._warp_key = None
+        self.rulers = []
+        self.user_invert = False
+        self.window = img.default_window
+        cw, ch = self._canvas_size()
+        self.state = ViewState.fitted(img.shape, (cw, ch))
+        self.settings.add_recent(path)
+        self._save_settings()
+        self._refresh_recent_menu()
+        self._refresh_windows()
+        self._show_info()
+        self.root.title(f"{path.name} - xrayviewer {__version__}")
+        self.set_status(f"Opened {path}" + (f"  ({'; '.join(img.warnings)})" if img.warnings else ""))
+        self.redraw()
+
+    def _on_load_error(self, path: Path, exc: BaseException) -> None:
+        self.root.configure(cursor="")
+        if isinstance(exc, XRayViewerError):
+            msg = exc.message
+        else:
+            log.error("unexpected error while opening %s", path, exc_info=exc)
+            msg = f"internal error ({type(exc).__name__}: {exc}); see the log"
+        self.set_status(f"Could not open {path.name}: {msg}")
+        self._write_info([("Could not open", ""), (str(path), ""), (msg, "error")])
+
+    def close_image(self) -> None:
+        self.tasks.invalidate("load")
+        self.image = None
+        self.state = None
+        self._photo = None
+        self.canvas.delete("all")
+        self._write_info([])
+        self.root.title(f"xrayviewer {__version__}")
+
+    def step_file(self, delta: int) -> None:
+        if not self.folder_files:
+            return
+        sel = self.file_list.curselection()
+        i = (sel[0] if sel else 0) + delta
+        i = max(0, min(len(self.folder_files) - 1, i))
+        self.file_list.selection_clear(0, "end")
+        self.file_list.selection_set(i)
+        self.file_list.see(i)
+        self.open_path(self.folder_files[i])
+
+    def _on_list_select(self, _event: Any) -> None:
+        sel = self.file_list.curselection()
+        if sel and self.folder_files and (self.path is None or self.folder_files[sel[0]] != self.path):
+            self.open_path(self.folder_files[sel[0]])
+
+    def _refresh_recent_menu(self) -> None:
+        self.recent_menu.delete(0, "end")
+        if not self.settings.recent_files:
+            self.recent_menu.add_command(label="(none)", state="disabled")
+        for p in self.settings.recent_files:
+            self.recent_menu.add_command(label=p, command=lambda p=p: self.open_any(Path(p)))
+
+    # ------------------------------------------------------------------ window/level
+    def _refresh_windows(self) -> None:
+        self.window_menu.delete(0, "end")
+        if self.image is None:
+            return
+        names = [w.describe() for w in self.image.windows]
+        self.window_box.configure(values=names)
+        for w in self.image.windows:
+            self.window_menu.add_command(label=w.describe(), command=lambda w=w: self.set_window(w))
+        self.window_menu.add_separator()
+        self.window_menu.add_command(label="Next preset", accelerator="W", command=self.next_window)
+        self._sync_window_box()
+
+    def _sync_window_box(self) -> None:
+        if self.window is not None:
+            self.window_var.set(self.window.describe())
+
+    def select_window(self, label: str) -> None:
+        if self.image is None:
+            return
+        for w in self.image.windows:
+            if w.describe() == label:
+                self.set_window(w)
+                return
+
+    def set_window(self, preset: WindowPreset) -> None:
+        self.window = preset
+        self._sync_window_box()
+        self._show_info()
+        self.redraw()
+
+    def next_window(self) -> None:
+        if self.image is None:
+            return
+        presets = list(self.image.windows)
+        i = presets.index(self.window) + 1 if self.window in presets else 0
+        self.set_window(presets[i % len(presets)])
+
+    # ------------------------------------------------------------------ view commands
+    def _canvas_size(self) -> tuple[int, int]:
+        self.root.update_idletasks()
+        return max(self.canvas.winfo_width(), 50), max(self.canvas.winfo_height(), 50)
+
+    def _set_state(self, state: ViewState | None) -> None:
+        if state is not None:
+            self.state = state
+            self.redraw()
+
+    def fit(self) -> None:
+        self._set_state(self.state.fit() if self.state else None)
+
+    def one_to_one(self) -> None:
+        self._set_state(self.state.one_to_one() if self.state else None)
+
+    def zoom(self, factor: float) -> None:
+        if self.state:
+            cw, ch = self.state.canvas_size
+            self._set_state(self.state.zoom_at(factor, cw / 2, ch / 2))
+
+    def rotate(self, quarter: int) -> None:
+        self._set_state(self.state.rotate(quarter).fit() if self.state else None)
+
+    def flip_h(self) -> None:
+        self._set_state(self.state.toggle_flip_h() if self.state else None)
+
+    def flip_v(self) -> None:
+        self._set_state(self.state.toggle_flip_v() if self.state else None)
+
+    def toggle_invert(self) -> None:
+        self.user_invert = not self.user_invert
+        self.redraw()
+
+    def reset_view(self) -> None:
+        if self.image is None or self.state is None:
+            return
+        self.user_invert = False
+        self.window = self.image.default_window
+        self._sync_window_box()
+        self.state = ViewState.fitted(self.image.shape, self.state.canvas_size)
+        self._show_info()
+        self.redraw()
+
+    def toggle_ruler(self) -> None:
+        self.ruler_mode = not self.ruler_mode
+        self.ruler_var.set(self.ruler_mode)
+        self.set_status("Ruler: drag on the image to measure" if self.ruler_mode else "Ruler off")
+
+    def _ruler_from_var(self) -> None:
+        self.ruler_mode = bool(self.ruler_var.get())
+
+    def clear_rulers(self) -> None:
+        self.rulers = []
+        self.redraw()
+
+    def show_tags(self) -> None:
+        if self.image is None or self.image.dataset is None:
+            self.set_status("DICOM tags: the current image is not a DICOM file")
+            return
+        dialogs.TagBrowser(self.root, self.image.dataset, self.path.name if self.path else "")
+
+    def quit(self) -> None:
+        self.tasks.close()
+        self.root.destroy()
+
+    # ------------------------------------------------------------------ mouse
+    def _on_resize(self, w: int, h: int) -> None:
+        if self.state is not None:
+            fitted = abs(self.state.zoom - self.state.fit().zoom) < 1e-9
+            self.state = self.state.with_canvas((w, h))
+            if fitted:
+                self.state = self.state.fit()
+            self.redraw()
+
+    def _left_down(self, e: tk.Event) -> None:
+        self._drag = {"x": e.x, "y": e.y, "start": (e.x, e.y)}
+        if self.ruler_mode and self.state:
+            p = self.state.screen_to_image(e.x, e.y)
+            self.rulers.append((p, p))
+
+    def _left_drag(self, e: tk.Event) -> None:
+        if not self.state or not self._drag:
+            return
+        if self.ruler_mode and self.rulers:
+            p1, _ = self.rulers[-1]
+            self.rulers[-1] = (p1, self.state.screen_to_image(e.x, e.y))
+            self._draw_overlays()
+            return
+        dx, dy = e.x - self._drag["x"], e.y - self._drag["y"]
+        self._drag.update(x=e.x, y=e.y)
+        self.state = self.state.pan(dx, dy)
+        self.schedule_redraw()
+
+    def _left_up(self, e: tk.Event) -> None:
+        if self.ruler_mode and self.rulers:
+            p1, p2 = self.rulers[-1]
+            if np.hypot(p2[0] - p1[0], p2[1] - p1[1]) * (self.state.zoom if self.state else 1) < 3:
+                self.rulers.pop()  # a click, not a measurement
+            else:
+                self.set_status(f"Measured {self._measure_label(p1, p2)}")
+            self._draw_overlays()
+        self._drag = {}
+
+    def _right_down(self, e: tk.Event) -> None:
+        if self.image is None or self.window is None:
+            return
+        w = self.window
+        if w.kind == "lut":  # start from the full range when leaving a VOI LUT
+            w = next(p for p in self.image.windows if p.kind == "window")
+        self._drag = {"x": e.x, "y": e.y, "c": w.center, "w": w.width}
+
+    def _right_drag(self, e: tk.Event) -> None:
+        if self.image is None or "c" not in self._drag:
+            return
+        vr = float(self._values_f32.max() - self._values_f32.min()) if self._values_f32 is not None else 255.0
+        c, w = wl_from_drag(self._drag["c"], self._drag["w"], e.x - self._drag["x"], e.y - self._drag["y"], vr)
+        self.window = WindowPreset(name="Custom", center=c, width=w, function="LINEAR", source="user")
+        self.window_var.set(self.window.describe())
+        self.schedule_redraw()
+
+    def _motion(self, e: tk.Event) -> None:
+        if self.image is None or self.state is None:
+            return
+        rc = self.state.pixel_at(e.x, e.y)
+        if rc is None:
+            self.pixel_var.set("")
+            return
+        r, c = rc
+        v = self.image.values[r, c]
+        text = f"x={c} y={r}  value={v:g}" if np.issubdtype(type(v), np.floating) else f"x={c} y={r}  value={int(v)}"
+        sp = self.image.metadata.pixel_spacing
+        if sp:
+            text += f"  ({c * sp[1]:.1f}, {r * sp[0]:.1f}) mm"
+        self.pixel_var.set(text)
+
+    def _wheel(self, e: tk.Event) -> None:
+        self._wheel_at(e.x, e.y, ZOOM_STEP if e.delta > 0 else 1 / ZOOM_STEP)
+
+    def _wheel_at(self, x: float, y: float, factor: float) -> None:
+        if self.state:
+            self.state = self.state.zoom_at(factor, x, y)
+            self.schedule_redraw()
+
+    # ------------------------------------------------------------------ drawing
+    def schedule_redraw(self) -> None:
+        """Coalesce bursts of mouse events into one redraw per idle cycle."""
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            self.root.after_idle(self._do_scheduled_redraw)
+
+    def _do_scheduled_redraw(self) -> None:
+        self._redraw_pending = False
+        self.redraw()
+
+    def render_current(self) -> np.ndarray | None:
+        """The canvas-sized uint8 view for the current state/window/inversion."""
+        if self.image is None or self.state is None or self.window is None or self._values_f32 is None:
+            return None
+        key = self.state
+        if key != self._warp_key:
+            self._warped = render_view(self._values_f32, self.state)
+            ones = np.ones(self.image.shape, np.uint8)
+            self._inside = render_view(ones, self.state, nearest=True) > 0
+            self._warp_key = key
+        unit = apply_window(self._warped, self.window, dataset=self.image.dataset)
+        if self.image.invert:
+            unit = 1.0 - unit
+        if self.user_invert:
+            unit = 1.0 - unit
+        out = to_uint8(unit)
+        out[~self._inside] = 16
+        return out
+
+    def redraw(self) -> None:
+        t0 = time.perf_counter()
+        self.canvas.delete("all")
+        view = self.render_current()
+        if view is None:
+            self.zoom_var.set("")
+            return
+        from PIL import Image, ImageTk
+
+        self._photo = ImageTk.PhotoImage(Image.fromarray(view), master=self.root)
+        self.canvas.create_image(0, 0, image=self._photo, anchor="nw", tags=("image",))
+        self._draw_overlays()
+        self.zoom_var.set(f"{self.state.zoom * 100:.0f}%")
+        self.last_render_ms = (time.perf_counter() - t0) * 1000
+
+    def _measure_label(self, p1: tuple[float, float], p2: tuple[float, float]) -> str:
+        meta = self.image.metadata if self.image else None
+        return measure(p1, p2, meta.pixel_spacing if meta else None, meta.spacing_source if meta else None).label()
+
+    def _draw_overlays(self) -> None:
+        self.canvas.delete("ruler")
+        if self.state is None:
+            return
+        for p1, p2 in self.rulers:
+            a = self.state.image_to_screen(*p1)
+            b = self.state.image_to_screen(*p2)
+            self.canvas.create_line(*a, *b, fill="#ffd400", width=2, tags=("ruler",))
+            for x, y in (a, b):
+                self.canvas.create_oval(x - 3, y - 3, x + 3, y + 3, outline="#ffd400", tags=("ruler",))
+            label = self._measure_label(p1, p2)
+            self.canvas.create_text(b[0] + 8, b[1] - 8, text=label, fill="#ffd400", anchor="sw",
+                                    font=("TkDefaultFont", 10, "bold"), tags=("ruler",))
+
+    # ------------------------------------------------------------------ info panel
+    def _show_info(self) -> None:
+        img = self.image
+        if img is None:
+            self._write_info([])
+            return
+        md = img.metadata
+        rows: list[tuple[str, str]] = [
+            (f"{self.path.name if self.path else img.source}\n", "bold"),
+            (f"Format: {md.format}\n", ""),
+            (f"Size: {md.columns} x {md.rows} px, {md.bits_stored}/{md.bits_allocated} bits\n", ""),
+            (f"Photometric: {md.photometric}{' (shown inverted)' if img.invert else ''}\n", ""),
+        ]
+        if md.modality:
+            rows.append((f"Modality: {md.modality}" + (f", view {md.view_position}" if md.view_position else "") + "\n", ""))
+        if md.body_part:
+            rows.append((f"Body part: {md.body_part}\n", ""))
+        if md.transfer_syntax_name:
+            rows.append((f"Transfer syntax: {md.transfer_syntax_name}\n", ""))
+        if md.pixel_spacing:
+            rows.append((f"Pixel spacing: {md.pixel_spacing[0]:g} x {md.pixel_spacing[1]:g} mm ({md.spacing_source})\n", ""))
+        else:
+            rows.append(("Pixel spacing: unknown (rulers in pixels)\n", ""))
+        if self.window is not None:
+            rows.append((f"Window: {self.window.describe()}\n", ""))
+        for w in img.warnings:
+            rows.append((f"Warning: {w}\n", "warn"))
+        self._write_info(rows)
+
+    def _write_info(self, rows: list[tuple[str, str]]) -> None:
+        self.info_text.configure(state="normal")
+        self.info_text.delete("1.0", "end")
+        for text, tag in rows:
+            self.info_text.insert("end", text if text.endswith("\n") else text + "\n", (tag,) if tag else ())
+        self.info_text.configure(state="disabled")
+
+    def info_contents(self) -> str:
+        return self.info_text.get("1.0", "end")
+
+    def set_status(self, text: str) -> None:
+        self.status_var.set(text)
+
+    # ------------------------------------------------------------------ errors/settings
+    def _on_tk_error(self, exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        self.callback_errors.append(exc)
+        log.error("error in a Tk callback", exc_info=(exc_type, exc, tb))
+        self.set_status(f"Internal error: {exc_type.__name__}: {exc} (details in the log)")
+
+    def _save_settings(self) -> None:
+        try:
+            self.settings.save(self.settings_path)
+        except OSError as exc:
+            log.warning("could not save settings: %s", exc)
+
+
+def create_root() -> tk.Tk:
+    """A Tk root with drag & drop when tkinterdnd2 is installed."""
+    try:
+        from tkinterdnd2 import TkinterDnD
+
+        return TkinterDnD.Tk()
+    except Exception as exc:  # ImportError or a tkdnd binary missing for this platform
+        log.info("tkinterdnd2 unavailable (%s); drag & drop disabled", exc)
+        return tk.Tk()
+
+
+def run(paths: list[str] | None = None, *, settings_path: Path | None = None) -> int:
+    """Start the viewer; returns the process exit status."""
+    try:
+        root = create_root()
+    except tk.TclError as exc:
+        log.error("cannot open a window (%s). Is there a display? Use the command line instead: xrayviewer --help", exc)
+        return 2
+    try:
+        icon = Path(__file__).resolve().parents[2] / "assets" / "icon.png"
+        if icon.is_file():
+            root.iconphoto(True, tk.PhotoImage(file=str(icon), master=root))
+    except tk.TclError:
+        pass
+    settings = Settings.load(settings_path)
+    app = ViewerApp(root, settings, settings_path=settings_path)
+
+    def first_start() -> None:
+        if not settings.notice_accepted:
+            if not dialogs.ask_notice(root):
+                app.quit()
+                return
+            settings.accept_notice()
+            app._save_settings()
+        for p in paths or []:
+            app.open_any(Path(os.path.expanduser(p)))
+            break
+
+    root.after(50, first_start)
+    root.mainloop()
+    return 0

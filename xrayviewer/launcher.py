@@ -1,0 +1,31 @@
+"""Composition root: ``xrayviewer`` with no command (or with image paths) opens the viewer,
+``xrayviewer <command> ...`` runs the command line.
+
+This is the one module allowed to import the GUI (lazily): the rest of the package never
+depends on it (tests/test_architecture.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from .cli import COMMANDS, main as cli_main, setup_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and (args[0] in COMMANDS or args[0].startswith("-")):
+        return cli_main(args)
+    if args and args[0] == "view":
+        args = args[1:]
+    setup_logging(0)
+    logging.getLogger(__name__).debug("starting the viewer with %s", args)
+    from .gui.app import run  # Tk loads only when the viewer is wanted
+
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
