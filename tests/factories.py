@@ -86,8 +86,6 @@ def make_dicom(
             ds.PixelData = encapsulate([pixels.tobytes()])  # not a real codestream: fine for header-level tests
         else:
             ds.PixelData = pixels.tobytes()
-    ds.is_little_endian = True
-    ds.is_implicit_VR = implicit
     if bare:
         # No preamble and no file meta: a raw dataset starting at group 0008.
         from pydicom.filebase import DicomBytesIO

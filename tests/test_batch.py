@@ -1,0 +1,179 @@
+"""Batch engine: discovery, per-file errors, atomic outputs, resume after interruption.
+
+The engine is tested here with a small deterministic analyzer so that its own logic
+(journal, resume, isolation, schema) is exercised quickly; end-to-end runs with the
+bundled models are in test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import make_dicom, png_bytes
+
+from xrayviewer.batch import BatchOptions, BatchRunner, discover
+from xrayviewer.batch.engine import JOURNAL_NAME
+from xrayviewer.errors import XRayViewerError
+from xrayviewer.inference.control import CancelToken
+from xrayviewer.inference.result import CSV_COLUMNS, AnalysisResult, GateVerdict, ModelInfo, Region
+
+
+class ThresholdAnalyzer:
+    """Deterministic: 'lungs' = two halves, 'opacity' = pixels above 200; refuses tiny images."""
+
+    def __init__(self, fail_on: str | None = None, cancel_after: int | None = None, token: CancelToken | None = None):
+        self.calls = 0
+        self.fail_on = fail_on
+        self.cancel_after = cancel_after
+        self.token = token
+        self.seen: list[str] = []
+
+    def models_key(self) -> str:
+        return "threshold@1"
+
+    def analyze_batch(self, images, *, cancel=None):
+        out = []
+        for img in images:
+            if self.fail_on and self.fail_on in img.source:
+                raise XRayViewerError("simulated model failure", img.source)
+            self.calls += 1
+            self.seen.append(img.source)
+            h, w = img.shape
+            if min(h, w) < 16:
+                out.append(AnalysisResult(img.source, "x", img.shape, GateVerdict(False, "not_xray", "too small"),
+                                          (ModelInfo("threshold", "1", "0" * 64),), {"gate": 0.001}))
+            else:
+                labels = np.zeros(img.shape, np.uint8)
+                labels[:, : w // 2] = 1
+                labels[:, w // 2:] = 2
+                mask = img.display > 200
+                out.append(AnalysisResult(
+                    img.source, "x", img.shape, GateVerdict(True, "ok", ""), (ModelInfo("threshold", "1", "0" * 64),),
+                    {"gate": 0.001, "lungs": 0.002}, probabilities={"Normal": 0.5, "COVID-19": 0.3, "Other pneumonia": 0.2},
+                    predicted_class="Normal", lung_labels=labels, opacity_mask=mask,
+                    regions=(Region((0, 0, 4, 4), 16, "right", 0.9),), involvement_pct={"right": 1.0, "left": 2.0, "total": 1.5},
+                    severity="mild"))
+            if self.cancel_after is not None and self.calls >= self.cancel_after and self.token:
+                self.token.cancel()
+        return out
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, data_dir: Path, dicom_dir: Path) -> Path:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    nih = sorted((data_dir / "nih" / "X-Ray Image DataSet" / "No_findings").glob("*.png"))[:4]
+    for p in nih[:3]:
+        shutil.copy(p, src / p.name)
+    shutil.copy(nih[3], src / "sub" / nih[3].name)
+    shutil.copy(dicom_dir / "dx_image.dcm", src / "sub" / "dx.dcm")
+    shutil.copy(dicom_dir / "broken" / "RG2_JPLY.dcm", src / "broken.dcm")
+    (src / "notes.txt").write_text("not an image")
+    (src / ".hidden.png").write_bytes(png_bytes(np.zeros((20, 20), np.uint8)))
+    (src / "tiny.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    return src
+
+
+def test_discover(folder: Path) -> None:
+    flat, problems = discover([folder])
+    assert [i.key for i in flat] == sorted([i.key for i in flat], key=str.lower)
+    assert "notes.txt" not in [i.key for i in flat] and ".hidden.png" not in [i.key for i in flat]
+    assert not any("/" in i.key for i in flat)
+    deep, _ = discover([folder], recursive=True)
+    assert {"sub/dx.dcm"} <= {i.key for i in deep}
+    _, problems = discover([folder / "nope"])
+    assert problems and "not found" in problems[0][1]
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_folder_run_outputs_and_errors(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    items, _ = discover([folder], recursive=True)
+    summary = BatchRunner(ThresholdAnalyzer(), BatchOptions(out, batch_size=3)).run(items)
+    rows = _rows(out)
+    assert list(rows[0].keys()) == list(CSV_COLUMNS)
+    by_path = {Path(r["path"]).name: r for r in rows}
+    assert by_path["broken.dcm"]["status"] == "error" and "could not be decoded" in by_path["broken.dcm"]["reason"]
+    assert by_path["tiny.png"]["status"] == "refused" and by_path["tiny.png"]["reason"] == "too small"
+    assert summary.errors == 1 and summary.refused == 1 and summary.ok == len(items) - 2
+    # Outputs mirror the input tree, at full resolution.
+    from PIL import Image
+
+    lung = np.asarray(Image.open(out / "sub" / "dx.dcm.lung.png"))
+    assert lung.shape == (169, 211) and set(np.unique(lung)) == {1, 2}
+    assert np.asarray(Image.open(out / "sub" / "dx.dcm.overlay.png")).shape == (169, 211, 3)
+    opac = np.asarray(Image.open(out / "sub" / "dx.dcm.opacity.png"))
+    assert set(np.unique(opac)) <= {0, 255}
+    jl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(jl) == len(items) and all("timings" in r or r["status"] == "error" for r in jl)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_after_interruption_loses_and_duplicates_nothing(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    items, _ = discover([folder], recursive=True)
+    token = CancelToken()
+    first = ThresholdAnalyzer(cancel_after=2, token=token)
+    s1 = BatchRunner(first, BatchOptions(out, batch_size=1), cancel=token).run(items)
+    assert s1.cancelled
+    # Simulate a crash in the middle of a journal write: a partial last line.
+    with open(out / JOURNAL_NAME, "ab") as fh:
+        fh.write(b'{"key": "half-writ')
+    second = ThresholdAnalyzer()
+    s2 = BatchRunner(second, BatchOptions(out, batch_size=2)).run(items)
+    assert not s2.cancelled
+    rows = _rows(out)
+    assert sorted(r["path"] for r in rows) == sorted(str(i.path) for i in items)  # each exactly once
+    assert s2.skipped >= 2
+    assert not set(first.seen) & set(second.seen)  # finished images were not redone
+    # A third run does nothing new, and the error row is retried (the file may have been fixed).
+    third = ThresholdAnalyzer()
+    s3 = BatchRunner(third, BatchOptions(out)).run(items)
+    assert third.calls == 0 and s3.skipped == len(items) - 1 and len(_rows(out)) == len(items)
+
+
+def test_changed_input_is_reanalysed(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    items, _ = discover([folder])
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
+    target = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
+    target.path.write_bytes(make_dicom(np.full((32, 32), 100, np.uint16)))
+    again = ThresholdAnalyzer()
+    BatchRunner(again, BatchOptions(out)).run(items)
+    assert again.seen == [str(target.path)]
+
+
+def test_one_failing_image_does_not_sink_its_batch(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    items, _ = discover([folder])
+    victim = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
+    summary = BatchRunner(ThresholdAnalyzer(fail_on=victim.path.name), BatchOptions(out, batch_size=8)).run(items)
+    rows = {Path(r["path"]).name: r for r in _rows(out)}
+    assert rows[victim.path.name]["status"] == "error" and "simulated model failure" in rows[victim.path.name]["reason"]
+    assert summary.ok == len(items) - 3  # victim, broken.dcm, tiny.png
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_partial_files(folder: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import xrayviewer.batch.engine as engine
+
+    def full(path, data):  # what atomic_write_bytes does when the disk is full: raise, leave nothing
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine, "atomic_write_bytes", full)
+    out = tmp_path / "out"
+    items, _ = discover([folder])
+    summary = BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
+    rows = _rows(out)
+    written = [r for r in rows if r["status"] == "error" and "No space left on device" in r["reason"]]
+    assert written and summary.ok == 0
+    assert not list(out.rglob("*.png"))

@@ -1,0 +1,6 @@
+"""Folder/list analysis with progress, cancel, per-file error isolation and crash-safe resume."""
+
+from .engine import BatchItem, BatchOptions, BatchProgress, BatchRunner, BatchSummary, discover
+from .journal import Journal
+
+__all__ = ["BatchItem", "BatchOptions", "BatchProgress", "BatchRunner", "BatchSummary", "Journal", "discover"]

@@ -1,0 +1,353 @@
+"""The batch engine used by ``xrayviewer analyze`` and the GUI's batch dialog.
+
+Decoding runs in a thread pool that feeds batches to the analyzer, so a folder runs at the
+models' speed. Each image's outputs are written atomically, then its row goes to the
+journal; results.csv / results.jsonl are rebuilt atomically from the journal. Killing the
+process at any point and re-running with the same --out loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import XRayViewerError
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..imaging import XRayImage, load_image
+from ..imaging.detect import sniff_format
+from ..inference.control import AnalysisCancelled, CancelToken
+from ..inference.result import CSV_COLUMNS, AnalysisResult, error_record
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+ALL_FORMATS = ("csv", "json", "png")
+JOURNAL_NAME = ".xrayviewer-journal.jsonl"
+
+
+class BatchAnalyzer(Protocol):
+    def models_key(self) -> str: ...
+
+    def analyze_batch(self, images: Sequence[XRayImage], *, cancel: CancelToken | None = None
+                      ) -> list[AnalysisResult]: ...
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    path: Path
+    rel: Path  # relative output path (without suffix changes), mirrors the input layout
+
+    @property
+    def key(self) -> str:
+        return self.rel.as_posix()
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    out_dir: Path
+    formats: tuple[str, ...] = ALL_FORMATS
+    jobs: int = 2  # decode threads
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    done: int
+    total: int
+    skipped: int
+    errors: int
+    current: str
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        n = self.done - self.skipped
+        return n / self.elapsed if self.elapsed > 0 and n > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        r = self.rate
+        return (self.total - self.done) / r if r > 0 else None
+
+
+@dataclass
+class BatchSummary:
+    total: int = 0
+    ok: int = 0
+    refused: int = 0
+    errors: int = 0
+    skipped: int = 0
+    cancelled: bool = False
+    seconds: float = 0.0
+    csv_path: Path | None = None
+    jsonl_path: Path | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def discover(paths: Iterable[str | Path], recursive: bool = False) -> tuple[list[BatchItem], list[tuple[Path, str]]]:
+    """Expand files and folders into items; returns (items, problems).
+
+    Files given explicitly are always included (a bad one becomes an error row); files
+    found in folders are included when their content looks like an image.
+    """
+    items: list[BatchItem] = []
+    problems: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            for f in sorted(it, key=lambda q: q.as_posix().lower()):
+                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                try:
+                    with open(f, "rb") as fh:
+                        if not sniff_format(fh.read(512)):
+                            continue
+                except OSError:
+                    continue
+                _add(items, seen, BatchItem(f, f.relative_to(p)))
+        elif p.exists():
+            _add(items, seen, BatchItem(p, Path(p.name)))
+        else:
+            problems.append((p, "file or folder not found"))
+    return items, problems
+
+
+def _add(items: list[BatchItem], seen: set[str], item: BatchItem) -> None:
+    key = item.key
+    if key in seen:  # same name from two folders: keep both, disambiguated
+        n = 2
+        while f"{key}~{n}" in seen:
+            n += 1
+        item = BatchItem(item.path, item.rel.with_name(f"{item.rel.name}~{n}"))
+    seen.add(item.key)
+    items.append(item)
+
+
+def output_paths(out_dir: Path, item: BatchItem) -> dict[str, Path]:
+    base = out_dir / item.rel
+    return {
+        "overlay": base.with_name(base.name + ".overlay.png"),
+        "lung": base.with_name(base.name + ".lung.png"),
+        "opacity": base.with_name(base.name + ".opacity.png"),
+    }
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[str, Path]) -> list[str]:
+    """Overlay, lung label and opacity PNGs at full resolution (atomic). Returns paths written."""
+    from ..rendering.overlay import OverlayOptions, compose_overlay
+
+    written = []
+    overlay = compose_overlay(
+        image.display, lung_labels=result.lung_labels, opacity_mask=result.opacity_mask, regions=result.regions,
+        heatmap=result.heatmap, options=OverlayOptions(heatmap=result.heatmap is not None, legend=True, alpha=0.35),
+    )
+    atomic_write_bytes(paths["overlay"], _png_bytes(overlay))
+    written.append(str(paths["overlay"]))
+    if result.lung_labels is not None:
+        atomic_write_bytes(paths["lung"], _png_bytes(result.lung_labels.astype(np.uint8)))
+        written.append(str(paths["lung"]))
+    if result.opacity_mask is not None:
+        atomic_write_bytes(paths["opacity"], _png_bytes((result.opacity_mask > 0).astype(np.uint8) * 255))
+        written.append(str(paths["opacity"]))
+    return written
+
+
+@dataclass
+class _Loaded:
+    item: BatchItem
+    sha256: str = ""
+    image: XRayImage | None = None
+    error: str | None = None
+    skip: bool = False
+    seconds: float = 0.0
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        analyzer: BatchAnalyzer,
+        options: BatchOptions,
+        *,
+        progress: Callable[[BatchProgress], None] | None = None,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        self.analyzer = analyzer
+        self.options = options
+        self.progress = progress
+        self.on_row = on_row
+        self.cancel = cancel or CancelToken()
+        self.journal = Journal(options.out_dir / JOURNAL_NAME)
+
+    def _load(self, item: BatchItem, models: str) -> _Loaded:
+        t0 = time.perf_counter()
+        out = _Loaded(item)
+        try:
+            data = item.path.read_bytes()
+        except OSError as exc:
+            out.error = f"cannot read file ({exc.strerror or exc})"
+            return out
+        out.sha256 = hashlib.sha256(data).hexdigest()
+        if self.journal.is_done(item.key, out.sha256, models):
+            out.skip = True
+            return out
+        try:
+            out.image = load_image(data, name=str(item.path))
+        except XRayViewerError as exc:
+            out.error = exc.message
+        except Exception as exc:  # a loader bug must not stop the batch
+            log.exception("unexpected error loading %s", item.path)
+            out.error = f"internal error: {type(exc).__name__}: {exc}"
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def run(self, items: Sequence[BatchItem]) -> BatchSummary:
+        opts = self.options
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        models = self.analyzer.models_key()
+        summary = BatchSummary(total=len(items))
+        t_start = time.perf_counter()
+        done = 0
+        pending: deque[Future[_Loaded]] = deque()
+        queue_iter = iter(items)
+        window = max(2, opts.jobs * 2 + opts.batch_size)
+
+        def report(current: str) -> None:
+            if self.progress:
+                self.progress(BatchProgress(done, len(items), summary.skipped, summary.errors, current,
+                                            time.perf_counter() - t_start))
+
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs), thread_name_prefix="xrayviewer-decode") as pool:
+            def refill() -> None:
+                while len(pending) < window:
+                    try:
+                        it = next(queue_iter)
+                    except StopIteration:
+                        return
+                    pending.append(pool.submit(self._load, it, models))
+
+            refill()
+            batch: list[_Loaded] = []
+            try:
+                while pending or batch:
+                    self.cancel.check()
+                    while pending and len(batch) < opts.batch_size:
+                        loaded = pending.popleft().result()
+                        refill()
+                        if loaded.skip:
+                            summary.skipped += 1
+                            done += 1
+                            report(str(loaded.item.path))
+                        elif loaded.error is not None:
+                            self._record_error(loaded, models, summary)
+                            done += 1
+                            report(str(loaded.item.path))
+                        else:
+                            batch.append(loaded)
+                    if batch:
+                        self._analyze(batch, models, summary)
+                        done += len(batch)
+                        report(str(batch[-1].item.path))
+                        batch = []
+            except AnalysisCancelled:
+                summary.cancelled = True
+                for f in pending:
+                    f.cancel()
+        summary.seconds = time.perf_counter() - t_start
+        self._write_summaries(items, summary)
+        return summary
+
+    def _analyze(self, batch: list[_Loaded], models: str, summary: BatchSummary) -> None:
+        images = [b.image for b in batch]
+        try:
+            results = self.analyzer.analyze_batch(images, cancel=self.cancel)
+        except AnalysisCancelled:
+            raise
+        except Exception as exc:  # isolate: retry one by one so one bad image cannot sink the rest
+            log.warning("batch analysis failed (%s); retrying images one by one", exc)
+            results = []
+            for b in batch:
+                try:
+                    results.extend(self.analyzer.analyze_batch([b.image], cancel=self.cancel))
+                except AnalysisCancelled:
+                    raise
+                except Exception as one_exc:
+                    if not isinstance(one_exc, XRayViewerError):
+                        log.exception("unexpected error analysing %s", b.item.path)
+                    results.append(one_exc)  # type: ignore[arg-type]
+        for b, res in zip(batch, results):
+            if isinstance(res, BaseException):
+                b.error = res.message if isinstance(res, XRayViewerError) else f"internal error: {res}"
+                self._record_error(b, models, summary)
+                continue
+            self._record_result(b, res, models, summary)
+
+    def _record_result(self, loaded: _Loaded, res: AnalysisResult, models: str, summary: BatchSummary) -> None:
+        item = loaded.item
+        paths = output_paths(self.options.out_dir, item)
+        written: list[str] = []
+        if "png" in self.options.formats and loaded.image is not None:
+            try:
+                written = write_image_outputs(res, loaded.image, paths)
+            except OSError as exc:
+                loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
+                self._record_error(loaded, models, summary)
+                return
+        record = res.to_json(path=str(item.path))
+        record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
+        record["outputs"] = [str(Path(w).relative_to(self.options.out_dir)) for w in written]
+        self.journal.append(item.key, loaded.sha256, models, record)
+        if res.status == "ok":
+            summary.ok += 1
+        else:
+            summary.refused += 1
+        if self.on_row:
+            self.on_row(record)
+
+    def _record_error(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
+        record = error_record(str(loaded.item.path), loaded.error or "unknown error", loaded.seconds, loaded.sha256)
+        self.journal.append(loaded.item.key, loaded.sha256, models, record)
+        summary.errors += 1
+        if self.on_row:
+            self.on_row(record)
+
+    def _write_summaries(self, items: Sequence[BatchItem], summary: BatchSummary) -> None:
+        rows = [self.journal.entries[i.key]["record"] for i in items if i.key in self.journal.entries]
+        summary.rows = rows
+        # Counts cover every row of this input set, including rows resumed from an earlier run.
+        summary.ok = sum(r.get("status") == "ok" for r in rows)
+        summary.refused = sum(r.get("status") == "refused" for r in rows)
+        summary.errors = sum(r.get("status") == "error" for r in rows)
+        out = self.options.out_dir
+        if "csv" in self.options.formats:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+            summary.csv_path = atomic_write_text(out / "results.csv", buf.getvalue())
+        if "json" in self.options.formats:
+            text = "".join(json.dumps(r, default=str) + "\n" for r in rows)
+            summary.jsonl_path = atomic_write_text(out / "results.jsonl", text)

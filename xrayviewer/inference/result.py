@@ -1,0 +1,148 @@
+"""The result of analysing one image: a frozen dataclass shared by GUI, CLI, batch and reports.
+
+Arrays are at the input image's full resolution. ``to_record`` flattens it to the stable
+CSV/JSON schema documented in the README (columns are only ever added, never renamed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
+
+CSV_COLUMNS = (
+    "path",
+    "status",
+    "reason",
+    "predicted_class",
+    "prob_normal",
+    "prob_covid19",
+    "prob_other_pneumonia",
+    "involvement_right_pct",
+    "involvement_left_pct",
+    "involvement_total_pct",
+    "severity",
+    "opacity_regions",
+    "seconds",
+    "models",
+    "input_sha256",
+    "gate_code",
+    "covid_positive",
+    "warnings",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected opacity region: bbox (x0, y0, x1, y1) exclusive, in full-res pixels."""
+
+    bbox: tuple[int, int, int, int]
+    area_px: int
+    side: str  # "right" | "left" | "both"
+    mean_probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": list(self.bbox), "area_px": self.area_px, "side": self.side,
+                "mean_probability": round(self.mean_probability, 4)}
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    accepted: bool
+    code: str  # "ok", "not_xray", "colour", "lateral", "non_chest", "ood"
+    reason: str
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisResult:
+    source: str
+    input_sha256: str
+    image_shape: tuple[int, int]
+    gate: GateVerdict
+    models: tuple[ModelInfo, ...]
+    timings: dict[str, float]
+    probabilities: dict[str, float] | None = None  # calibrated
+    predicted_class: str | None = None
+    operating_point: dict[str, float] | None = None  # e.g. {"COVID-19": 0.42}
+    covid_positive: bool | None = None  # COVID probability >= operating point
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    lung_labels: np.ndarray | None = field(default=None, repr=False)  # 0 bg, 1 right, 2 left
+    opacity_probability: np.ndarray | None = field(default=None, repr=False)
+    opacity_mask: np.ndarray | None = field(default=None, repr=False)
+    regions: tuple[Region, ...] = ()
+    involvement_pct: dict[str, float] | None = None  # right, left, total
+    severity: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.gate.accepted else "refused"
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.timings.values()))
+
+    def models_label(self) -> str:
+        return ";".join(m.label() for m in self.models)
+
+    def to_record(self, path: str | None = None) -> dict[str, Any]:
+        """One row of results.csv / one object of results.jsonl."""
+        probs = self.probabilities or {}
+        inv = self.involvement_pct or {}
+
+        def r(v: float | None, nd: int = 4) -> float | None:
+            return None if v is None else round(float(v), nd)
+
+        return {
+            "path": path or self.source,
+            "status": self.status,
+            "reason": "" if self.gate.accepted else self.gate.reason,
+            "predicted_class": self.predicted_class or "",
+            "prob_normal": r(probs.get("Normal")),
+            "prob_covid19": r(probs.get("COVID-19")),
+            "prob_other_pneumonia": r(probs.get("Other pneumonia")),
+            "involvement_right_pct": r(inv.get("right"), 2),
+            "involvement_left_pct": r(inv.get("left"), 2),
+            "involvement_total_pct": r(inv.get("total"), 2),
+            "severity": self.severity or "",
+            "opacity_regions": len(self.regions) if self.gate.accepted else None,
+            "seconds": round(self.total_seconds, 4),
+            "models": self.models_label(),
+            "input_sha256": self.input_sha256,
+            "gate_code": self.gate.code,
+            "covid_positive": self.covid_positive,
+            "warnings": "; ".join(self.warnings),
+        }
+
+    def to_json(self, path: str | None = None) -> dict[str, Any]:
+        """The record plus structured detail (regions, timings, model hashes) for JSONL."""
+        rec = self.to_record(path)
+        rec["regions"] = [reg.to_dict() for reg in self.regions]
+        rec["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        rec["model_details"] = [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in self.models]
+        rec["operating_point"] = self.operating_point
+        rec["gate_scores"] = {k: round(float(v), 4) for k, v in self.gate.scores.items()}
+        rec["image_shape"] = list(self.image_shape)
+        return rec
+
+
+def error_record(path: str, message: str, seconds: float = 0.0, input_sha256: str = "") -> dict[str, Any]:
+    """The CSV/JSON row for a file that could not be analysed."""
+    rec: dict[str, Any] = {c: None for c in CSV_COLUMNS}
+    rec.update(path=path, status="error", reason=message, seconds=round(seconds, 4), input_sha256=input_sha256,
+               predicted_class="", severity="", models="", gate_code="", warnings="")
+    return rec

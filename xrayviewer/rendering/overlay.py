@@ -1,0 +1,122 @@
+"""Overlay composition at the image's full resolution: lung outlines, opacity, boxes, heatmap.
+
+Pure numpy/OpenCV so the GUI, the CLI/batch PNG exports and the PDF reports draw the same
+picture. Colours are RGB tuples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RIGHT_COLOR = (51, 195, 255)
+LEFT_COLOR = (255, 176, 32)
+OPACITY_COLOR = (255, 59, 59)
+BOX_COLOR = (255, 230, 0)
+
+
+@dataclass(frozen=True)
+class OverlayOptions:
+    lungs: bool = True
+    opacity: bool = True
+    boxes: bool = True
+    heatmap: bool = False
+    alpha: float = 0.45
+    legend: bool = False
+    right_color: tuple[int, int, int] = RIGHT_COLOR
+    left_color: tuple[int, int, int] = LEFT_COLOR
+    opacity_color: tuple[int, int, int] = OPACITY_COLOR
+
+
+def hex_to_rgb(value: str) -> tuple[int, int, int]:
+    v = value.lstrip("#")
+    return (int(v[0:2], 16), int(v[2:4], 16), int(v[4:6], 16))
+
+
+def heat_colormap(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8 with a perceptual (inferno-like) map from OpenCV."""
+    import cv2
+
+    u8 = np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+    bgr = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)
+    return bgr[..., ::-1]
+
+
+def _thickness(shape: tuple[int, int]) -> int:
+    return max(1, int(round(max(shape) / 400)))
+
+
+def compose_overlay(
+    display: np.ndarray,
+    *,
+    lung_labels: np.ndarray | None = None,
+    opacity_mask: np.ndarray | None = None,
+    regions: tuple = (),
+    heatmap: np.ndarray | None = None,
+    options: OverlayOptions = OverlayOptions(),
+) -> np.ndarray:
+    """RGB uint8 overlay of the same (rows, cols) as ``display``."""
+    import cv2
+
+    grey = np.asarray(display)
+    if grey.dtype != np.uint8:
+        raise ValueError("display must be uint8")
+    out = np.dstack([grey] * 3).astype(np.float32)
+    a = float(np.clip(options.alpha, 0.0, 1.0))
+    t = _thickness(grey.shape)
+    if options.heatmap and heatmap is not None:
+        heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
+        colour = heat_colormap(heat).astype(np.float32)
+        w = (a * heat)[..., None]
+        out = out * (1 - w) + colour * w
+    if options.opacity and opacity_mask is not None and np.any(opacity_mask):
+        m = np.asarray(opacity_mask) > 0
+        out[m] = out[m] * (1 - a) + np.array(options.opacity_color, np.float32) * a
+    out8 = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if options.opacity and opacity_mask is not None and np.any(opacity_mask):
+        contours, _ = cv2.findContours((np.asarray(opacity_mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out8, contours, -1, options.opacity_color, t)
+    if options.lungs and lung_labels is not None:
+        for label, colour in ((1, options.right_color), (2, options.left_color)):
+            m = (np.asarray(lung_labels) == label).astype(np.uint8)
+            if m.any():
+                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                cv2.drawContours(out8, contours, -1, colour, t + 1)
+    if options.boxes:
+        for reg in regions:
+            x0, y0, x1, y1 = reg.bbox
+            cv2.rectangle(out8, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), BOX_COLOR, t)
+    if options.legend:
+        draw_legend(out8, options)
+    return out8
+
+
+def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:
+    """A small legend in the bottom-left corner (in place)."""
+    import cv2
+
+    entries = []
+    if options.lungs:
+        entries += [("Right lung", options.right_color), ("Left lung", options.left_color)]
+    if options.opacity:
+        entries.append(("Opacity", options.opacity_color))
+    if options.boxes:
+        entries.append(("Opacity region", BOX_COLOR))
+    if options.heatmap:
+        entries.append(("Classifier heatmap", (252, 160, 60)))
+    if not entries:
+        return
+    h, w = img.shape[:2]
+    scale = max(0.4, min(h, w) / 900)
+    line = int(26 * scale) + 4
+    box_w = int(210 * scale)
+    x0, y0 = int(10 * scale), h - line * len(entries) - int(12 * scale)
+    sub = img[max(0, y0 - 6): h - 4, x0 - 6 if x0 >= 6 else 0: x0 + box_w]
+    sub[:] = (sub.astype(np.float32) * 0.35).astype(np.uint8)
+    for i, (text, colour) in enumerate(entries):
+        y = y0 + i * line
+        cv2.rectangle(img, (x0, y + 2), (x0 + int(16 * scale), y + line - 6), colour, -1)
+        cv2.putText(img, text, (x0 + int(24 * scale), y + line - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
+                    (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
