@@ -77,8 +77,13 @@ def read_dataset(data: bytes, source: str) -> Any:
         raise CorruptImageError(f"DICOM header is truncated or malformed ({_short(exc)})", source) from exc
     except Exception as exc:  # pydicom raises many types on fuzzed headers
         raise CorruptImageError(f"DICOM header could not be parsed ({type(exc).__name__}: {_short(exc)})", source) from exc
-    sop = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
-    if sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
+    try:  # elements are converted lazily, so a malformed one can surface here
+        sop = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
+        is_dicomdir = sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds
+    except Exception as exc:
+        raise CorruptImageError(f"DICOM file meta information is malformed ({type(exc).__name__}: {_short(exc)})",
+                                source) from exc
+    if is_dicomdir:
         raise NoPixelDataError("this is a DICOMDIR (a media index), not an image; open the image files it lists", source)
     return ds
 
