@@ -20,7 +20,7 @@ from .errors import XRayViewerError
 log = logging.getLogger("xrayviewer")
 
 
-COMMANDS = ("info", "help")
+COMMANDS = ("info", "analyze", "help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     info.add_argument("--phi", action="store_true", help="include patient-identifying fields (off by default)")
     info.set_defaults(func=cmd_info)
+    an = sub.add_parser(
+        "analyze",
+        help="analyse images and folders with the bundled models (CSV/JSON summary, overlay PNGs)",
+        description="Analyse chest X-rays. " + RESEARCH_NOTICE,
+    )
+    an.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
+    an.add_argument("--out", type=Path, default=Path("xrayviewer-results"),
+                    help="output folder (default: ./xrayviewer-results); re-running with the same folder resumes")
+    an.add_argument("--format", default="csv,json,png",
+                    help="comma-separated outputs: csv, json, png (default: all)")
+    an.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    an.add_argument("--jobs", "-j", type=int, default=2, help="image-decoding threads (default 2)")
+    an.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
+    an.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                    help="where the models run (default: GPU if TensorFlow sees one)")
+    an.add_argument("--no-heatmap", action="store_true", help="skip the classifier heatmap (faster)")
+    an.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    an.set_defaults(func=cmd_analyze)
+
     sub.add_parser("help", help="show this help").set_defaults(func=lambda a, out: (parser.print_help(out), 0)[1])
     return parser
 
@@ -124,6 +143,100 @@ class _QuietLibraries(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name.startswith(("pydicom", "py.warnings")) and record.levelno < logging.CRITICAL)
+
+
+class _ProgressBar:
+    """One-line progress on a terminal (rate, ETA); silent when stderr is not a TTY."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, p: Any) -> None:
+        import time
+
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1 and p.done < p.total:
+            return
+        self._last = now
+        width = 30
+        filled = int(width * p.done / max(1, p.total))
+        eta = p.eta
+        eta_s = f"{int(eta // 60)}:{int(eta % 60):02d}" if eta is not None else "--:--"
+        name = Path(p.current).name[-30:] if p.current else ""
+        self.stream.write(f"\r[{'=' * filled}{' ' * (width - filled)}] {p.done}/{p.total} "
+                          f"{p.rate:4.1f} img/s ETA {eta_s} {name:<30}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+
+    from .batch import BatchOptions, BatchRunner, discover
+    from .inference.analyzer import Analyzer, require_models
+    from .inference.control import CancelToken
+
+    formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("csv", "json", "png")]
+    if unknown or not formats:
+        log.error("unknown --format value(s): %s (use csv, json, png)", ", ".join(unknown) or "(none)")
+        return 2
+    missing = require_models()
+    if missing:
+        for m in missing:
+            log.error("model not usable: %s", m)
+        log.error("the bundled models are missing or damaged; reinstall xrayviewer")
+        return 3
+    items, problems = discover(args.paths, recursive=args.recursive)
+    for path, why in problems:
+        log.error("%s: %s", path, why)
+    if not items:
+        log.error("no images found in %s", ", ".join(map(str, args.paths)))
+        return 1
+    cancel = CancelToken()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        log.warning("cancelling after the current batch (Ctrl+C again to abort now)")
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = _ProgressBar(sys.stderr, not args.quiet)
+    try:
+        from .inference.device import DeviceError
+
+        analyzer = Analyzer(device=args.device, heatmap=not args.no_heatmap)
+        runner = BatchRunner(analyzer, BatchOptions(args.out, formats, max(1, args.jobs), max(1, args.batch_size)),
+                             progress=bar, cancel=cancel)
+        try:
+            summary = runner.run(items)
+        except DeviceError as exc:
+            bar.close()
+            log.error("%s", exc.message)
+            return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    bar.close()
+    out.write(
+        f"{summary.total} image(s): {summary.ok} analysed, {summary.refused} refused, {summary.errors} failed"
+        f"{f', {summary.skipped} already done' if summary.skipped else ''}"
+        f"{' (cancelled)' if summary.cancelled else ''} in {summary.seconds:.1f} s\n"
+    )
+    for path in (summary.csv_path, summary.jsonl_path):
+        if path:
+            out.write(f"  {path}\n")
+    if summary.cancelled:
+        return 130
+    return 1 if summary.errors or problems else 0
 
 
 def setup_logging(verbosity: int) -> None:

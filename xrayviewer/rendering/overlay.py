@@ -47,6 +47,74 @@ def _thickness(shape: tuple[int, int]) -> int:
     return max(1, int(round(max(shape) / 400)))
 
 
+def overlay_layer(
+    shape: tuple[int, int],
+    *,
+    lung_labels: np.ndarray | None = None,
+    opacity_mask: np.ndarray | None = None,
+    regions: tuple = (),
+    heatmap: np.ndarray | None = None,
+    options: OverlayOptions = OverlayOptions(),
+) -> np.ndarray:
+    """RGBA uint8 layer (rows, cols, 4) to blend over any rendering of the image.
+
+    Kept separate from the grey image so the viewer can re-window the picture without
+    recomputing the overlay; fills carry ``options.alpha``, outlines and boxes are opaque.
+    """
+    import cv2
+
+    h, w = shape
+    rgb = np.zeros((h, w, 3), np.float32)
+    alpha = np.zeros((h, w), np.float32)
+    a = float(np.clip(options.alpha, 0.0, 1.0))
+    t = _thickness(shape)
+    if options.heatmap and heatmap is not None:
+        heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
+        rgb = heat_colormap(heat).astype(np.float32)
+        alpha = a * heat
+    has_opacity = opacity_mask is not None and bool(np.any(opacity_mask))
+    if options.opacity and has_opacity:
+        m = np.asarray(opacity_mask) > 0
+        rgb[m] = np.array(options.opacity_color, np.float32)
+        alpha[m] = np.maximum(alpha[m], a)
+    rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    alpha8 = np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8)
+    solid = np.zeros((h, w), np.uint8)  # where outlines/boxes are drawn
+    lines = np.zeros((h, w, 3), np.uint8)
+    if options.opacity and has_opacity:
+        contours, _ = cv2.findContours((np.asarray(opacity_mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(lines, contours, -1, options.opacity_color, t)
+        cv2.drawContours(solid, contours, -1, 255, t)
+    if options.lungs and lung_labels is not None:
+        for label, colour in ((1, options.right_color), (2, options.left_color)):
+            m = (np.asarray(lung_labels) == label).astype(np.uint8)
+            if m.any():
+                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+                cv2.drawContours(lines, contours, -1, colour, t + 1)
+                cv2.drawContours(solid, contours, -1, 255, t + 1)
+    if options.boxes:
+        for reg in regions:
+            x0, y0, x1, y1 = reg.bbox
+            p0, p1 = (int(x0), int(y0)), (int(max(x0, x1 - 1)), int(max(y0, y1 - 1)))
+            cv2.rectangle(lines, p0, p1, BOX_COLOR, t)
+            cv2.rectangle(solid, p0, p1, 255, t)
+    on = solid > 0
+    rgb8[on] = lines[on]
+    alpha8[on] = 255
+    return np.dstack([rgb8, alpha8])
+
+
+def blend(grey_or_rgb: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """Alpha-blend an RGBA layer over a grey (H, W) or RGB (H, W, 3) uint8 image."""
+    base = np.asarray(grey_or_rgb)
+    if base.ndim == 2:
+        base = np.dstack([base] * 3)
+    a = layer[..., 3:4].astype(np.float32) / 255.0
+    out = base.astype(np.float32) * (1 - a) + layer[..., :3].astype(np.float32) * a
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def compose_overlay(
     display: np.ndarray,
     *,
@@ -57,40 +125,15 @@ def compose_overlay(
     options: OverlayOptions = OverlayOptions(),
 ) -> np.ndarray:
     """RGB uint8 overlay of the same (rows, cols) as ``display``."""
-    import cv2
-
     grey = np.asarray(display)
     if grey.dtype != np.uint8:
         raise ValueError("display must be uint8")
-    out = np.dstack([grey] * 3).astype(np.float32)
-    a = float(np.clip(options.alpha, 0.0, 1.0))
-    t = _thickness(grey.shape)
-    if options.heatmap and heatmap is not None:
-        heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
-        colour = heat_colormap(heat).astype(np.float32)
-        w = (a * heat)[..., None]
-        out = out * (1 - w) + colour * w
-    if options.opacity and opacity_mask is not None and np.any(opacity_mask):
-        m = np.asarray(opacity_mask) > 0
-        out[m] = out[m] * (1 - a) + np.array(options.opacity_color, np.float32) * a
-    out8 = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    if options.opacity and opacity_mask is not None and np.any(opacity_mask):
-        contours, _ = cv2.findContours((np.asarray(opacity_mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out8, contours, -1, options.opacity_color, t)
-    if options.lungs and lung_labels is not None:
-        for label, colour in ((1, options.right_color), (2, options.left_color)):
-            m = (np.asarray(lung_labels) == label).astype(np.uint8)
-            if m.any():
-                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(out8, contours, -1, colour, t + 1)
-    if options.boxes:
-        for reg in regions:
-            x0, y0, x1, y1 = reg.bbox
-            cv2.rectangle(out8, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), BOX_COLOR, t)
+    layer = overlay_layer(grey.shape[:2], lung_labels=lung_labels, opacity_mask=opacity_mask, regions=regions,
+                          heatmap=heatmap, options=options)
+    out = blend(grey, layer)
     if options.legend:
-        draw_legend(out8, options)
-    return out8
+        draw_legend(out, options)
+    return out
 
 
 def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:

@@ -1,0 +1,247 @@
+"""The one analysis pipeline behind the GUI, the CLI and batch.
+
+Stages, in order, each batched across images and separated by cancel checks:
+
+1. gate (header checks, then the image-type CNN): refuses what the models were not trained on;
+2. lungs (U-Net) -> right/left label mask at full resolution;
+3. classifier -> calibrated probabilities; its embedding feeds the gate's last check
+   (Mahalanobis distance to the training data); Grad-CAM heatmap masked to the lungs;
+4. opacity generator -> probability map, mask, regions, per-lung involvement, severity.
+
+Models load lazily, once, each verified against its card (sha256). Use one Analyzer from
+one worker thread at a time (a lock serialises calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..imaging import XRayImage
+from .control import CancelToken, ProgressFn, report
+from .result import AnalysisResult, GateVerdict, ModelInfo
+
+log = logging.getLogger(__name__)
+
+def _model_names() -> tuple[str, ...]:
+    from .. import classifier, gate, lung, opacity
+
+    return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
+
+
+MODEL_NAMES = _model_names()
+STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities")
+
+
+def pixel_sha256(image: XRayImage) -> str:
+    """Content hash of the decoded pixels (dtype, shape and values)."""
+    h = hashlib.sha256()
+    v = np.ascontiguousarray(image.values)
+    h.update(f"{v.dtype.str}{v.shape}".encode())
+    h.update(v.tobytes())
+    return h.hexdigest()
+
+
+class Analyzer:
+    """Loads the bundled models on first use and analyses images."""
+
+    def __init__(self, *, device: str = "auto", models_root: Path | None = None, heatmap: bool = True) -> None:
+        self.device_preference = device
+        self.models_root = models_root
+        self.heatmap = heatmap
+        self.device: str | None = None
+        self._lock = threading.Lock()
+        self._gate: Any = None
+        self._lung: Any = None
+        self._classifier: Any = None
+        self._opacity: Any = None
+        self._infos: tuple[ModelInfo, ...] | None = None
+
+    # ------------------------------------------------------------------ models
+    def model_infos(self) -> tuple[ModelInfo, ...]:
+        """Name, version and sha256 of every bundled model, from the cards (no TensorFlow)."""
+        if self._infos is None:
+            from ..modelstore import read_card
+
+            infos = []
+            for name in MODEL_NAMES:
+                card = read_card(name, self.models_root)
+                infos.append(ModelInfo(card.name, str(card.version), card.sha256))
+            self._infos = tuple(infos)
+        return self._infos
+
+    def models_key(self) -> str:
+        return ";".join(f"{m.label()}:{m.sha256[:12]}" for m in self.model_infos())
+
+    @property
+    def loaded(self) -> bool:
+        return self._opacity is not None
+
+    def load(self, progress: ProgressFn | None = None) -> None:
+        """Configure the device and load all models (idempotent)."""
+        if self.loaded:
+            return
+        from ..classifier import DiseaseClassifier
+        from ..gate import DomainGate
+        from ..lung import LungSegmenter
+        from ..opacity import OpacityDetector
+        from .device import configure_device
+
+        report(progress, STAGES[0], 0.0)
+        self.model_infos()  # fail early, with the card's file name, if one is missing
+        self.device = configure_device(self.device_preference)
+        self._gate = DomainGate(models_root=self.models_root)
+        report(progress, STAGES[0], 0.25)
+        self._lung = LungSegmenter(models_root=self.models_root)
+        report(progress, STAGES[0], 0.5)
+        self._classifier = DiseaseClassifier(models_root=self.models_root, lung_segmenter=self._lung)
+        report(progress, STAGES[0], 0.75)
+        self._opacity = OpacityDetector(models_root=self.models_root)
+        report(progress, STAGES[0], 1.0)
+        log.info("models loaded on %s", self.device)
+
+    # ------------------------------------------------------------------ analysis
+    def analyze(self, image: XRayImage, *, progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None) -> AnalysisResult:
+        return self.analyze_batch([image], progress=progress, cancel=cancel)[0]
+
+    def analyze_batch(self, images: Sequence[XRayImage], *, progress: ProgressFn | None = None,
+                      cancel: CancelToken | None = None) -> list[AnalysisResult]:
+        cancel = cancel or CancelToken()
+        with self._lock:
+            cancel.check()
+            t0 = time.perf_counter()
+            self.load(progress)
+            load_s = time.perf_counter() - t0
+            return self._run(list(images), progress, cancel, load_s)
+
+    def _run(self, images: list[XRayImage], progress: ProgressFn | None, cancel: CancelToken,
+             load_s: float) -> list[AnalysisResult]:
+        from ..gate import check_header
+
+        n = len(images)
+        if n == 0:
+            return []
+        timings: list[dict[str, float]] = [{} for _ in images]
+        if load_s > 0.01:
+            for t in timings:
+                t["load_models"] = load_s / n
+        verdicts: list[GateVerdict | None] = [None] * n
+        grays = [np.asarray(img.display) for img in images]
+
+        # 1. gate: header checks, then the image-type CNN on what is left
+        report(progress, STAGES[1], 0.0)
+        t = time.perf_counter()
+        for i, img in enumerate(images):
+            g = check_header(img)
+            if g is not None:
+                verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
+        todo = [i for i in range(n) if verdicts[i] is None]
+        gate_probs: dict[int, np.ndarray] = {}
+        if todo:
+            probs = self._gate.cnn_probabilities([grays[i] for i in todo])
+            for i, p in zip(todo, probs):
+                gate_probs[i] = p
+                g = self._gate.check_pixels(p)
+                if g is not None:
+                    verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
+        self._split(timings, "gate", time.perf_counter() - t, range(n))
+        cancel.check()
+
+        # 2. lungs
+        todo = [i for i in range(n) if verdicts[i] is None]
+        report(progress, STAGES[2], 0.25)
+        t = time.perf_counter()
+        lungs: dict[int, Any] = {}
+        if todo:
+            for i, res in zip(todo, self._lung.segment_batch([grays[i] for i in todo])):
+                lungs[i] = res
+        self._split(timings, "lungs", time.perf_counter() - t, todo)
+        cancel.check()
+
+        # 3. classifier (+ gate stage 3 on its embedding, + heatmap)
+        report(progress, STAGES[3], 0.5)
+        t = time.perf_counter()
+        scores: dict[int, Any] = {}
+        if todo:
+            batch = self._classifier.predict_batch([grays[i] for i in todo], lung_masks=[lungs[i].mask for i in todo])
+            for i, res in zip(todo, batch):
+                g = self._gate.check_embedding(res.embedding, self._classifier.embedding_stats)
+                if g is not None:
+                    verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
+                else:
+                    scores[i] = res
+        accepted = [i for i in todo if verdicts[i] is None]
+        if self.heatmap:
+            for i in accepted:
+                cancel.check()
+                scores[i] = self._classifier.predict(grays[i], lungs[i].mask, heatmap=True)
+        self._split(timings, "classifier", time.perf_counter() - t, todo)
+        cancel.check()
+
+        # 4. opacity
+        report(progress, STAGES[4], 0.75)
+        t = time.perf_counter()
+        opac: dict[int, Any] = {}
+        if accepted:
+            for i, res in zip(accepted, self._opacity.analyze_batch([grays[i] for i in accepted],
+                                                                    [lungs[i].labels for i in accepted])):
+                opac[i] = res
+        self._split(timings, "opacity", time.perf_counter() - t, accepted)
+        report(progress, "Done", 1.0)
+
+        infos = self.model_infos()
+        out = []
+        for i, img in enumerate(images):
+            base = dict(source=img.source, input_sha256=pixel_sha256(img), image_shape=img.shape, models=infos,
+                        timings=timings[i], warnings=tuple(img.warnings))
+            if verdicts[i] is not None:
+                lung = lungs.get(i)
+                out.append(AnalysisResult(gate=verdicts[i], lung_labels=lung.labels if lung else None, **base))
+                continue
+            cls, op, lung = scores[i], opac[i], lungs[i]
+            gate_scores = {k: float(v) for k, v in zip(("p_frontal", "p_lateral", "p_other"), gate_probs[i])}
+            probs = {c: float(p) for c, p in zip(cls.labels, cls.probabilities)}
+            out.append(AnalysisResult(
+                gate=GateVerdict(True, "ok", "Frontal chest X-ray within the training domain.", gate_scores),
+                probabilities=probs,
+                predicted_class=cls.top_class,
+                operating_point=dict(cls.thresholds),
+                covid_positive=cls.flagged.get("COVID-19"),
+                heatmap=cls.heatmap,
+                lung_labels=lung.labels,
+                opacity_probability=op.probability,
+                opacity_mask=op.mask,
+                regions=tuple(op.regions),
+                involvement_pct=dict(op.involvement_pct),
+                severity=op.grade,
+                **base,
+            ))
+        return out
+
+    @staticmethod
+    def _split(timings: list[dict[str, float]], stage: str, seconds: float, idx: Sequence[int]) -> None:
+        idx = list(idx)
+        for i in idx:
+            timings[i][stage] = seconds / max(1, len(idx))
+
+
+def require_models(models_root: Path | None = None) -> list[str]:
+    """Names of bundled models that are missing or fail their card check (cheap, no TF)."""
+    from ..modelstore import read_card, verify_weights
+
+    bad = []
+    for name in MODEL_NAMES:
+        try:
+            verify_weights(read_card(name, models_root))
+        except ModelError as exc:
+            bad.append(f"{name}: {exc}")
+    return bad
