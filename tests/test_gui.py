@@ -50,7 +50,7 @@ def app(display: str, tmp_path: Path):
     root = create_root()
     settings = Settings()
     settings.accept_notice()
-    viewer = ViewerApp(root, settings, settings_path=tmp_path / "settings.json")
+    viewer = ViewerApp(root, settings, settings_path=tmp_path / "settings.json", load_models=False)
     root.update()
     yield viewer
     errors = list(viewer.callback_errors)

@@ -23,9 +23,14 @@ from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..imaging.types import WindowPreset
 from ..imaging.windowing import apply_window, to_uint8
+from ..fsutil import atomic_write_bytes
+from ..inference.control import AnalysisCancelled, CancelToken
+from ..inference.result import AnalysisResult
 from ..rendering import ViewState, measure, render_view, wl_from_drag
+from ..rendering.overlay import OverlayOptions, blend, compose_overlay, hex_to_rgb, overlay_layer
 from ..settings import Settings
 from . import dialogs
+from .results_panel import ResultsPanel
 from .worker import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,8 @@ def list_images(folder: Path) -> list[Path]:
 class ViewerApp:
     """Main window: toolbar, file list, canvas, info panel, status bar."""
 
-    def __init__(self, root: tk.Tk, settings: Settings, *, settings_path: Path | None = None) -> None:
+    def __init__(self, root: tk.Tk, settings: Settings, *, settings_path: Path | None = None,
+                 analyzer: Any | None = None, load_models: bool = True) -> None:
         self.root = root
         self.settings = settings
         self.settings_path = settings_path
@@ -84,12 +90,25 @@ class ViewerApp:
         self._drag: dict[str, Any] = {}
         self._redraw_pending = False
         self.last_render_ms = 0.0
+        # analysis state
+        self.analyzer = analyzer
+        self.analysis: AnalysisResult | None = None
+        self.analysis_error: str | None = None
+        self.models_state = "not loaded"
+        self._cancel: CancelToken | None = None
+        self._progress = _ProgressBox()
+        self._layer: np.ndarray | None = None
+        self._layer_key: Any = None
+        self._warped_layer: np.ndarray | None = None
+        self._warped_layer_key: Any = None
 
         self._build_menus()
         self._build_layout()
         self._bind_keys()
         self._enable_drop()
         self.set_status("Open a DICOM, PNG, JPEG or TIFF file (Ctrl+O), or drop one here.")
+        if load_models:
+            root.after(200, self.start_model_loading)
 
     # ------------------------------------------------------------------ layout
     def _build_menus(self) -> None:
@@ -100,6 +119,9 @@ class ViewerApp:
         file_menu.add_command(label="Open folder...", accelerator="Ctrl+Shift+O", command=self.ask_open_folder)
         self.recent_menu = tk.Menu(file_menu, tearoff=False)
         file_menu.add_cascade(label="Open recent", menu=self.recent_menu)
+        file_menu.add_separator()
+        file_menu.add_command(label="Export overlay PNG...", accelerator="Ctrl+E", command=self.ask_export_png)
+        file_menu.add_command(label="Copy overlay to clipboard", command=self.copy_to_clipboard)
         file_menu.add_separator()
         file_menu.add_command(label="Close image", command=self.close_image)
         file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
@@ -119,6 +141,11 @@ class ViewerApp:
         view.add_separator()
         view.add_command(label="Reset view", accelerator="Esc", command=self.reset_view)
         m.add_cascade(label="View", menu=view)
+
+        analysis = tk.Menu(m, tearoff=False)
+        analysis.add_command(label="Analyze", accelerator="A / Ctrl+Enter", command=self.analyze)
+        analysis.add_command(label="Cancel analysis", accelerator="Ctrl+.", command=self.cancel_analysis)
+        m.add_cascade(label="Analysis", menu=analysis)
 
         self.window_menu = tk.Menu(m, tearoff=False)
         m.add_cascade(label="Window", menu=self.window_menu)
@@ -145,6 +172,12 @@ class ViewerApp:
             ("Tags", self.show_tags),
         ):
             ttk.Button(bar, text=text, command=cmd, width=7).pack(side="left", padx=1)
+        self.analyze_button = ttk.Button(bar, text="Analyze", command=self.analyze, width=9)
+        self.analyze_button.pack(side="left", padx=(10, 1))
+        self.cancel_button = ttk.Button(bar, text="Cancel", command=self.cancel_analysis, width=7, state="disabled")
+        self.cancel_button.pack(side="left", padx=1)
+        self.progress_bar = ttk.Progressbar(bar, length=120, mode="determinate", maximum=1.0)
+        self.progress_bar.pack(side="left", padx=4)
         self.ruler_var = tk.BooleanVar(value=False)
         ttk.Checkbutton(bar, text="Ruler", variable=self.ruler_var, command=self._ruler_from_var).pack(side="left", padx=6)
         ttk.Label(bar, text="Window:").pack(side="left", padx=(12, 2))
@@ -161,6 +194,8 @@ class ViewerApp:
         ttk.Label(status, textvariable=self.status_var, anchor="w").pack(side="left", fill="x", expand=True)
         ttk.Label(status, textvariable=self.pixel_var, anchor="e", width=44).pack(side="right")
         ttk.Label(status, textvariable=self.zoom_var, anchor="e", width=10).pack(side="right")
+        self.models_var = tk.StringVar(value="Models: not loaded")
+        ttk.Label(status, textvariable=self.models_var, anchor="e").pack(side="right", padx=8)
 
         body = ttk.PanedWindow(self.root, orient="horizontal")
         body.pack(fill="both", expand=True)
@@ -178,14 +213,30 @@ class ViewerApp:
         self._list_visible = False
 
         ttk.Label(self.panel, text="Image", font=("TkDefaultFont", 11, "bold")).pack(anchor="w")
-        self.info_text = tk.Text(self.panel, width=38, height=18, wrap="word", relief="flat",
+        self.info_text = tk.Text(self.panel, width=38, height=10, wrap="word", relief="flat",
                                  background=self.root.cget("background"), font=("TkDefaultFont", 9))
         self.info_text.pack(fill="x")
         self.info_text.tag_configure("key", foreground="#555555")
         self.info_text.tag_configure("warn", foreground="#b36b00")
         self.info_text.tag_configure("error", foreground="#c00000")
         self.info_text.configure(state="disabled")
-        ttk.Separator(self.panel).pack(fill="x", pady=8)
+        ttk.Separator(self.panel).pack(fill="x", pady=6)
+        self.results = ResultsPanel(self.panel, width=PANEL_WIDTH - 16)
+        self.results.pack(fill="x")
+        ov = ttk.LabelFrame(self.panel, text="Overlays", padding=4)
+        ov.pack(fill="x", pady=6)
+        self.show_lungs = tk.BooleanVar(value=True)
+        self.show_opacity = tk.BooleanVar(value=True)
+        self.show_boxes = tk.BooleanVar(value=True)
+        self.show_heatmap = tk.BooleanVar(value=False)
+        for i, (text, var) in enumerate((("Lung fields", self.show_lungs), ("Opacity", self.show_opacity),
+                                         ("Opacity boxes", self.show_boxes), ("Heatmap", self.show_heatmap))):
+            ttk.Checkbutton(ov, text=text, variable=var, command=self._overlay_changed).grid(row=i // 2, column=i % 2,
+                                                                                             sticky="w")
+        ttk.Label(ov, text="Opacity:").grid(row=2, column=0, sticky="w")
+        self.alpha_var = tk.DoubleVar(value=self.settings.overlay_alpha)
+        ttk.Scale(ov, from_=0.05, to=1.0, variable=self.alpha_var, command=lambda v: self._overlay_changed()).grid(
+            row=2, column=1, sticky="ew")
         ttk.Label(self.panel, text=RESEARCH_NOTICE, wraplength=PANEL_WIDTH - 20, foreground="#a00000",
                   justify="left").pack(anchor="w", side="bottom")
 
@@ -205,13 +256,18 @@ class ViewerApp:
         r.bind("<Control-o>", lambda e: self.ask_open())
         r.bind("<Control-O>", lambda e: self.ask_open_folder())
         r.bind("<Control-q>", lambda e: self.quit())
+        r.bind("<Control-e>", lambda e: self.ask_export_png())
+        r.bind("<Control-Return>", lambda e: self.analyze())
+        r.bind("<Control-period>", lambda e: self.cancel_analysis())
         plain = {
             "f": self.fit, "1": self.one_to_one, "plus": lambda: self.zoom(ZOOM_STEP), "equal": lambda: self.zoom(ZOOM_STEP),
             "minus": lambda: self.zoom(1 / ZOOM_STEP), "r": lambda: self.rotate(1), "R": lambda: self.rotate(-1),
             "h": self.flip_h, "v": self.flip_v, "i": self.toggle_invert, "w": self.next_window, "m": self.toggle_ruler,
             "c": self.clear_rulers, "t": self.show_tags, "Escape": self.reset_view, "F1": lambda: dialogs.show_shortcuts(self.root),
             "Up": lambda: self.step_file(-1), "Down": lambda: self.step_file(1), "Prior": lambda: self.step_file(-1),
-            "Next": lambda: self.step_file(1), "KP_Add": lambda: self.zoom(ZOOM_STEP), "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP),
+            "Next": lambda: self.step_file(1), "a": self.analyze, "l": lambda: self._toggle(self.show_lungs),
+            "o": lambda: self._toggle(self.show_opacity), "b": lambda: self._toggle(self.show_boxes),
+            "g": lambda: self._toggle(self.show_heatmap), "KP_Add": lambda: self.zoom(ZOOM_STEP), "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP),
         }
         for key, fn in plain.items():
             r.bind(f"<KeyPress-{key}>", lambda e, fn=fn: self._key(e, fn))
@@ -284,6 +340,7 @@ class ViewerApp:
 
     def _on_loaded(self, path: Path, img: XRayImage) -> None:
         self.root.configure(cursor="")
+        self._forget_analysis()
         self.image = img
         self.path = path
         self._values_f32 = np.ascontiguousarray(img.values, dtype=np.float32)
@@ -314,6 +371,7 @@ class ViewerApp:
 
     def close_image(self) -> None:
         self.tasks.invalidate("load")
+        self._forget_analysis()
         self.image = None
         self.state = None
         self._photo = None
@@ -554,6 +612,9 @@ class ViewerApp:
             unit = 1.0 - unit
         out = to_uint8(unit)
         out[~self._inside] = 16
+        layer = self._view_layer()
+        if layer is not None:
+            return blend(out, layer)
         return out
 
     def redraw(self) -> None:
@@ -588,6 +649,210 @@ class ViewerApp:
             label = self._measure_label(p1, p2)
             self.canvas.create_text(b[0] + 8, b[1] - 8, text=label, fill="#ffd400", anchor="sw",
                                     font=("TkDefaultFont", 10, "bold"), tags=("ruler",))
+
+    # ------------------------------------------------------------------ analysis
+    def _get_analyzer(self) -> Any:
+        if self.analyzer is None:
+            from ..inference.analyzer import Analyzer
+
+            self.analyzer = Analyzer(device=self.settings.device)
+        return self.analyzer
+
+    def start_model_loading(self) -> None:
+        """Load TensorFlow and the models in the background; the window is already up."""
+        try:
+            analyzer = self._get_analyzer()
+        except Exception as exc:  # a broken install must not keep the viewer from opening
+            self._models_failed(exc)
+            return
+        self.models_state = "loading"
+        self.models_var.set("Models: loading...")
+        self.tasks.submit("models", lambda: (analyzer.load(), analyzer.device)[1], self._models_ready,
+                          self._models_failed)
+
+    def _models_ready(self, device: Any) -> None:
+        self.models_state = "ready"
+        self.models_var.set(f"Models: ready ({device or 'cpu'})")
+
+    def _models_failed(self, exc: BaseException) -> None:
+        self.models_state = "failed"
+        msg = exc.message if isinstance(exc, XRayViewerError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, XRayViewerError):
+            log.error("model loading failed", exc_info=exc)
+        self.models_var.set("Models: unavailable")
+        self.analysis_error = msg
+        self.results.show_message(f"Analysis unavailable: {msg}. Viewing still works.", "#b00020")
+        self.analyze_button.configure(state="disabled")
+
+    def analyze(self) -> None:
+        if self.image is None:
+            self.set_status("Open an image first")
+            return
+        if self.models_state == "failed":
+            self.set_status(f"Analysis unavailable: {self.analysis_error}")
+            return
+        self.cancel_analysis(quiet=True)
+        analyzer, image = self._get_analyzer(), self.image
+        token = CancelToken()
+        self._cancel = token
+        progress = self._progress
+        progress.set("Starting", 0.0)
+        self.analysis = None
+        self.results.show_message("Analysing...")
+        self.cancel_button.configure(state="normal")
+        self.tasks.submit("analyze", lambda: analyzer.analyze(image, progress=progress.set, cancel=token),
+                          self._on_analysis, self._on_analysis_error)
+        self._poll_progress()
+
+    def cancel_analysis(self, quiet: bool = False) -> None:
+        if self._cancel is not None and not self._cancel.cancelled:
+            self._cancel.cancel()
+            if not quiet:
+                self.set_status("Cancelling analysis...")
+        self.tasks.invalidate("analyze")
+        self.cancel_button.configure(state="disabled")
+        if not quiet:
+            self.progress_bar.configure(value=0)
+            self.results.show_message("Analysis cancelled.")
+
+    def _poll_progress(self) -> None:
+        if not self.tasks.busy("analyze"):
+            return
+        stage, frac = self._progress.get()
+        self.progress_bar.configure(value=frac)
+        if stage:
+            self.set_status(f"Analysing: {stage}...")
+        self.root.after(100, self._poll_progress)
+
+    def _on_analysis(self, result: AnalysisResult) -> None:
+        self.cancel_button.configure(state="disabled")
+        self.progress_bar.configure(value=1.0)
+        self.analysis = result
+        self._layer_key = None
+        self.results.show(result)
+        if result.gate.accepted:
+            self.set_status(f"Analysed in {result.total_seconds:.2f} s: {result.predicted_class} "
+                            f"(severity {result.severity})")
+        else:
+            self.set_status(f"Not scored: {result.gate.reason}")
+        self.redraw()
+
+    def _on_analysis_error(self, exc: BaseException) -> None:
+        self.cancel_button.configure(state="disabled")
+        self.progress_bar.configure(value=0)
+        if isinstance(exc, AnalysisCancelled):
+            self.results.show_message("Analysis cancelled.")
+            return
+        msg = exc.message if isinstance(exc, XRayViewerError) else f"internal error ({type(exc).__name__}: {exc})"
+        if not isinstance(exc, XRayViewerError):
+            log.error("analysis failed", exc_info=exc)
+        self.results.show_message(f"Analysis failed: {msg}", "#b00020")
+        self.set_status(f"Analysis failed: {msg}")
+
+    def _forget_analysis(self) -> None:
+        self.cancel_analysis(quiet=True)
+        self.analysis = None
+        self._layer = None
+        self._layer_key = None
+        self._warped_layer_key = None
+        self.progress_bar.configure(value=0)
+        if self.models_state != "failed":
+            self.results.show_message("Not analysed yet. Press Analyze (A).")
+
+    def _toggle(self, var: tk.BooleanVar) -> None:
+        var.set(not var.get())
+        self._overlay_changed()
+
+    def overlay_options(self) -> OverlayOptions:
+        s = self.settings
+        return OverlayOptions(
+            lungs=self.show_lungs.get(), opacity=self.show_opacity.get(), boxes=self.show_boxes.get(),
+            heatmap=self.show_heatmap.get(), alpha=float(self.alpha_var.get()),
+            right_color=hex_to_rgb(s.lung_colors[0]), left_color=hex_to_rgb(s.lung_colors[1]),
+            opacity_color=hex_to_rgb(s.opacity_color),
+        )
+
+    def _overlay_changed(self) -> None:
+        self._layer_key = None
+        self.settings.overlay_alpha = float(self.alpha_var.get())
+        self.schedule_redraw()
+
+    def _full_layer(self) -> np.ndarray | None:
+        r = self.analysis
+        if r is None or self.image is None:
+            return None
+        opts = self.overlay_options()
+        key = (id(r), opts)
+        if key != self._layer_key:
+            self._layer = overlay_layer(self.image.shape, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask,
+                                        regions=r.regions, heatmap=r.heatmap, options=opts)
+            self._layer_key = key
+            self._warped_layer_key = None
+        return self._layer
+
+    def _view_layer(self) -> np.ndarray | None:
+        layer = self._full_layer()
+        if layer is None or self.state is None:
+            return None
+        key = (self._layer_key, self.state)
+        if key != self._warped_layer_key:
+            self._warped_layer = render_view(layer, self.state, nearest=self.state.zoom >= 1.0)
+            self._warped_layer_key = key
+        return self._warped_layer
+
+    # ------------------------------------------------------------------ export
+    def export_image(self) -> np.ndarray | None:
+        """Full-resolution RGB export: current window and inversion, overlays as shown, legend."""
+        if self.image is None or self.window is None:
+            return None
+        grey = self.image.render(self.window, invert=self.user_invert)
+        r = self.analysis
+        opts = self.overlay_options()
+        if r is None:
+            return np.dstack([grey] * 3)
+        from dataclasses import replace
+
+        return compose_overlay(grey, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
+                               heatmap=r.heatmap, options=replace(opts, legend=True))
+
+    def export_png(self, path: Path) -> Path:
+        import io
+
+        from PIL import Image
+
+        rgb = self.export_image()
+        if rgb is None:
+            raise XRayViewerError("nothing to export: open an image first")
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return atomic_write_bytes(path, buf.getvalue())
+
+    def ask_export_png(self) -> None:
+        if self.image is None:
+            self.set_status("Nothing to export: open an image first")
+            return
+        stem = self.path.stem if self.path else "image"
+        path = filedialog.asksaveasfilename(parent=self.root, title="Export overlay PNG", defaultextension=".png",
+                                            initialfile=f"{stem}.overlay.png", filetypes=[("PNG", "*.png")])
+        if path:
+            try:
+                self.export_png(Path(path))
+                self.set_status(f"Exported {path}")
+            except (OSError, XRayViewerError) as exc:
+                messagebox.showerror("Export failed", f"{path}: {exc}", parent=self.root)
+
+    def copy_to_clipboard(self) -> None:
+        """Tk's clipboard holds text only, portably: save the overlay PNG to a temp file and put
+        its path on the clipboard (paste it into a file dialog or a message)."""
+        if self.image is None:
+            return
+        import tempfile
+
+        path = Path(tempfile.gettempdir()) / "xrayviewer-clipboard.png"
+        self.export_png(path)
+        self.root.clipboard_clear()
+        self.root.clipboard_append(str(path))
+        self.set_status(f"Overlay saved to {path}; its path is on the clipboard")
 
     # ------------------------------------------------------------------ info panel
     def _show_info(self) -> None:
@@ -642,6 +907,24 @@ class ViewerApp:
             self.settings.save(self.settings_path)
         except OSError as exc:
             log.warning("could not save settings: %s", exc)
+
+
+class _ProgressBox:
+    """Latest (stage, fraction) written by the worker, read by the Tk thread's poll."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._value: tuple[str, float] = ("", 0.0)
+
+    def set(self, stage: str, fraction: float) -> None:
+        with self._lock:
+            self._value = (stage, fraction)
+
+    def get(self) -> tuple[str, float]:
+        with self._lock:
+            return self._value
 
 
 def create_root() -> tk.Tk:
