@@ -1,0 +1,136 @@
+"""Speed of the full analysis on real images, next to the seed projects' naive baseline.
+
+Measures, on the 2-core CPU (or whatever this machine is):
+  * warm per-image latency of ``Analyzer.analyze`` (median over images, after warm-up);
+  * folder throughput of the batch engine on >= 200 real images (csv outputs, median of runs);
+  * the naive baseline measured in the same run: per image, PIL decode then
+    ``model.predict()`` on each of the four models in turn (no batching, no overlap);
+  * cold start to first result (a fresh process) and peak memory (max RSS).
+
+Run: python benchmarks/bench_pipeline.py [--images 200] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench_pipeline")
+
+
+def data_dir() -> Path:
+    env = os.environ.get("XRAYVIEWER_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def real_images(n: int) -> list[Path]:
+    d = data_dir()
+    files = sorted((d / "covid-qu-ex" / "Val").glob("*/images/*.png"))
+    files += sorted((d / "nih" / "X-Ray Image DataSet").glob("*/*.png"))
+    step = max(1, len(files) // n)
+    return files[::step][:n]
+
+
+def naive_baseline(paths: list[Path]) -> float:
+    """Images/s of the seed projects' loop: decode, then model.predict() per model per image."""
+    import numpy as np
+    from PIL import Image
+
+    from xrayviewer import classifier, gate, lung, modelstore, opacity
+    from xrayviewer.preprocessing import prepare_for_model
+
+    models = [modelstore.load_model(m.MODEL_NAME) for m in (gate, lung, classifier, opacity)]
+    t0 = time.perf_counter()
+    for p in paths:
+        grey = np.asarray(Image.open(p).convert("L"))
+        for model, card in models:
+            model.predict(prepare_for_model(grey, card.input_size)[None], verbose=0)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--latency-images", type=int, default=30)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from xrayviewer.batch import BatchOptions, BatchRunner, discover
+    from xrayviewer.imaging import load_image
+    from xrayviewer.inference.analyzer import Analyzer
+
+    paths = real_images(args.images)
+    log.info("%d real images from %s", len(paths), data_dir())
+
+    # Cold start: a fresh interpreter, import to first result.
+    code = ("import time; t=time.perf_counter(); from xrayviewer.imaging import load_image;"
+            "from xrayviewer.inference.analyzer import Analyzer;"
+            f"Analyzer().analyze(load_image({str(paths[0])!r})); print(time.perf_counter()-t)")
+    colds = []
+    for _ in range(max(1, args.runs - 1)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        colds.append(float(out.stdout.strip().splitlines()[-1]))
+
+    analyzer = Analyzer()
+    images = [load_image(p) for p in paths[: args.latency_images]]
+    analyzer.analyze(images[0])  # warm-up (graph tracing)
+    lat = []
+    for img in images:
+        t0 = time.perf_counter()
+        analyzer.analyze(img)
+        lat.append(time.perf_counter() - t0)
+
+    tmp = Path(tempfile.mkdtemp(prefix="xrv-bench-"))
+    try:
+        src = tmp / "in"
+        src.mkdir()
+        for i, p in enumerate(paths):
+            os.symlink(p, src / f"{i:04d}_{p.name}")
+        items, _ = discover([src])
+        rates = []
+        for r in range(args.runs):
+            out = tmp / f"out{r}"
+            t0 = time.perf_counter()
+            BatchRunner(analyzer, BatchOptions(out, formats=("csv",), jobs=2, batch_size=16)).run(items)
+            rates.append(len(items) / (time.perf_counter() - t0))
+        naive = [naive_baseline(paths[: min(60, len(paths))]) for _ in range(max(1, args.runs - 1))]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    thr, base = statistics.median(rates), statistics.median(naive)
+    log.info("")
+    log.info("| measure | value |")
+    log.info("|---|---|")
+    log.info("| warm latency per image, median (p90) | %.3f s (%.3f s) |", statistics.median(lat),
+             sorted(lat)[int(0.9 * (len(lat) - 1))])
+    log.info("| folder throughput, %d images, median of %d | %.2f images/s |", len(paths), args.runs, thr)
+    log.info("| naive predict() loop (same run) | %.2f images/s |", base)
+    log.info("| speed-up over naive | %.1fx |", thr / base)
+    log.info("| cold start to first result, median | %.1f s |", statistics.median(colds))
+    log.info("| peak memory (max RSS) | %.0f MB |", peak_mb)
+    log.info("| CPU | %s, %d cores |", _cpu_name(), os.cpu_count() or 0)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
