@@ -177,3 +177,54 @@ def test_disk_full_is_a_clear_error_and_leaves_no_partial_files(folder: Path, tm
     written = [r for r in rows if r["status"] == "error" and "No space left on device" in r["reason"]]
     assert written and summary.ok == 0
     assert not list(out.rglob("*.png"))
+
+
+def _pdf_text(path: Path) -> str:
+    import subprocess
+
+    if shutil.which("pdftotext") is None:
+        pytest.fail("pdftotext (poppler-utils) is needed to check PDF text")
+    return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def test_phi_never_leaks_into_names_csv_or_pdf(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "Doe"
+    src.mkdir(parents=True)
+    pix = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
+    (src / "Jane_PID-12345.dcm").write_bytes(make_dicom(pix, patient_name="Doe^Jane", patient_id="PID-12345"))
+    out = tmp_path / "out"
+    items, _ = discover([tmp_path / "in"], recursive=True)
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=("csv", "json", "png", "pdf"))).run(items)
+    secrets = ("Doe", "Jane", "PID-12345", "19700101", "ACC-999")
+    names = [p.relative_to(out).as_posix() for p in out.rglob("*")]
+    assert names and not any(s in n for n in names for s in secrets), names
+    for f in ("results.csv", "results.jsonl"):
+        text = (out / f).read_text()
+        assert not any(s in text for s in secrets), f
+    pdfs = sorted(out.rglob("*.pdf"))
+    assert {p.name for p in pdfs} >= {"summary.pdf"} and len(pdfs) == 2
+    for p in pdfs:
+        text = _pdf_text(p)
+        assert "Research software" in text
+        assert not any(s in text for s in secrets)
+        assert not any(s.encode() in p.read_bytes() for s in ("Doe^Jane", "PID-12345"))
+    # Opt-in keeps the names.
+    out2 = tmp_path / "out2"
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out2, formats=("csv", "pdf"), phi=True)).run(items)
+    assert "Jane_PID-12345.dcm" in (out2 / "results.csv").read_text()
+
+
+def test_pdf_report_content(tmp_path: Path, dicom_dir: Path) -> None:
+    from xrayviewer.imaging import load_image
+    from xrayviewer.reporting.pdf import ReportItem, write_pdf_report
+
+    img = load_image(dicom_dir / "dx_image.dcm")
+    res = ThresholdAnalyzer().analyze_batch([img])[0]
+    path = write_pdf_report([ReportItem(res, img, str(dicom_dir / "dx_image.dcm"), "f" * 64)], tmp_path / "r.pdf")
+    text = _pdf_text(path)
+    for needle in ("Chest X-ray analysis report", "Scores (calibrated)", "COVID-19", "30.0 %", "Involvement",
+                   "1.5 %", "Severity grade: mild", "threshold v1", "f" * 64, "dx_image.dcm", "not a medical device"):
+        assert needle in text, needle
+    assert "Dog" not in text and "123456" not in text
+    raw = path.read_bytes()
+    assert b"/Title" in raw and b"xrayviewer" in raw

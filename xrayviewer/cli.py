@@ -20,7 +20,7 @@ from .errors import XRayViewerError
 log = logging.getLogger("xrayviewer")
 
 
-COMMANDS = ("info", "analyze", "help")
+COMMANDS = ("info", "analyze", "history", "help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", type=Path, default=Path("xrayviewer-results"),
                     help="output folder (default: ./xrayviewer-results); re-running with the same folder resumes")
     an.add_argument("--format", default="csv,json,png",
-                    help="comma-separated outputs: csv, json, png (default: all)")
+                    help="comma-separated outputs: csv, json, png, pdf (default: csv,json,png)")
+    an.add_argument("--phi", action="store_true",
+                    help="keep patient-identifying file names in outputs (default: de-identified)")
     an.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     an.add_argument("--jobs", "-j", type=int, default=2, help="image-decoding threads (default 2)")
     an.add_argument("--batch-size", type=int, default=8, help="images per model call (default 8)")
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-heatmap", action="store_true", help="skip the classifier heatmap (faster)")
     an.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     an.set_defaults(func=cmd_analyze)
+
+    hi = sub.add_parser("history", help="list or export the local history of analyses")
+    hi.add_argument("--search", help="only entries whose path, class, status or severity contains this text")
+    hi.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
+    hi.add_argument("--json", action="store_true", help="one JSON object per line")
+    hi.add_argument("--export", type=Path, metavar="FILE.csv", help="export the whole history as CSV")
+    hi.set_defaults(func=cmd_history)
 
     sub.add_parser("help", help="show this help").set_defaults(func=lambda a, out: (parser.print_help(out), 0)[1])
     return parser
@@ -185,9 +194,9 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     from .inference.control import CancelToken
 
     formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
-    unknown = [f for f in formats if f not in ("csv", "json", "png")]
+    unknown = [f for f in formats if f not in ("csv", "json", "png", "pdf")]
     if unknown or not formats:
-        log.error("unknown --format value(s): %s (use csv, json, png)", ", ".join(unknown) or "(none)")
+        log.error("unknown --format value(s): %s (use csv, json, png, pdf)", ", ".join(unknown) or "(none)")
         return 2
     missing = require_models()
     if missing:
@@ -215,8 +224,18 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
         from .inference.device import DeviceError
 
         analyzer = Analyzer(device=args.device, heatmap=not args.no_heatmap)
-        runner = BatchRunner(analyzer, BatchOptions(args.out, formats, max(1, args.jobs), max(1, args.batch_size)),
-                             progress=bar, cancel=cancel)
+        history = _open_history()
+
+        def remember(row: dict[str, Any]) -> None:
+            if history is not None:
+                try:
+                    history.record(row, origin="cli")
+                except Exception as exc:  # the history must never stop an analysis
+                    log.warning("could not record in history: %s", exc)
+
+        runner = BatchRunner(analyzer, BatchOptions(args.out, formats, max(1, args.jobs), max(1, args.batch_size),
+                                                    phi=args.phi),
+                             progress=bar, cancel=cancel, on_row=remember)
         try:
             summary = runner.run(items)
         except DeviceError as exc:
@@ -231,12 +250,51 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
         f"{f', {summary.skipped} already done' if summary.skipped else ''}"
         f"{' (cancelled)' if summary.cancelled else ''} in {summary.seconds:.1f} s\n"
     )
-    for path in (summary.csv_path, summary.jsonl_path):
+    for path in (summary.csv_path, summary.jsonl_path, summary.pdf_path):
         if path:
             out.write(f"  {path}\n")
     if summary.cancelled:
         return 130
     return 1 if summary.errors or problems else 0
+
+
+def _open_history() -> Any:
+    from .history import History
+
+    try:
+        h = History()
+    except Exception as exc:
+        log.warning("history unavailable: %s", exc)
+        return None
+    if h.recovered_from:
+        log.warning("the history database was damaged; it was kept as %s and a new one started", h.recovered_from)
+    return h
+
+
+def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
+    h = _open_history()
+    if h is None:
+        return 1
+    if args.export:
+        path = h.export_csv(args.export)
+        out.write(f"{h.count()} analyses exported to {path}\n")
+        return 0
+    entries = h.entries(search=args.search, limit=args.limit)
+    if args.json:
+        for e in entries:
+            out.write(json.dumps({"id": e.id, "created_at": e.created_at, "origin": e.origin, "path": e.input_path,
+                                  "status": e.status, "predicted_class": e.predicted_class,
+                                  "prob_covid19": e.prob_covid19, "involvement_total_pct": e.involvement_total_pct,
+                                  "severity": e.severity, "reports": list(e.report_paths)}) + "\n")
+        return 0
+    for e in entries:
+        what = (f"{e.predicted_class} (COVID-19 {e.prob_covid19 * 100:.0f}%), involvement "
+                f"{e.involvement_total_pct:.1f}% {e.severity}" if e.status == "ok" and e.prob_covid19 is not None
+                else (e.reason or e.status))
+        out.write(f"{e.id:>6}  {e.created_at}  {e.origin:<5}  {e.status:<7}  {e.input_path}  {what}\n")
+    if not entries:
+        out.write("no analyses recorded yet\n")
+    return 0
 
 
 def setup_logging(verbosity: int) -> None:

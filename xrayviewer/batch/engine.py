@@ -34,6 +34,7 @@ from .journal import Journal
 log = logging.getLogger(__name__)
 
 ALL_FORMATS = ("csv", "json", "png")
+KNOWN_FORMATS = ("csv", "json", "png", "pdf")
 JOURNAL_NAME = ".xrayviewer-journal.jsonl"
 
 
@@ -60,6 +61,7 @@ class BatchOptions:
     formats: tuple[str, ...] = ALL_FORMATS
     jobs: int = 2  # decode threads
     batch_size: int = 8
+    phi: bool = False  # keep patient-identifying names in outputs (off: de-identified)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class BatchSummary:
     seconds: float = 0.0
     csv_path: Path | None = None
     jsonl_path: Path | None = None
+    pdf_path: Path | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -137,13 +140,23 @@ def _add(items: list[BatchItem], seen: set[str], item: BatchItem) -> None:
     items.append(item)
 
 
-def output_paths(out_dir: Path, item: BatchItem) -> dict[str, Path]:
-    base = out_dir / item.rel
+def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
+    base = out_dir / rel
     return {
         "overlay": base.with_name(base.name + ".overlay.png"),
         "lung": base.with_name(base.name + ".lung.png"),
         "opacity": base.with_name(base.name + ".opacity.png"),
+        "pdf": base.with_name(base.name + ".report.pdf"),
     }
+
+
+def safe_rel(item: BatchItem, image: XRayImage | None, sha256: str, phi: bool) -> Path:
+    """The item's relative path, or a hash name when any part of it carries the patient's identity."""
+    from ..reporting.deid import contains_phi
+
+    if phi or image is None or not contains_phi(item.rel.as_posix(), image):
+        return item.rel
+    return Path(f"image-{sha256[:12]}")
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -306,16 +319,24 @@ class BatchRunner:
 
     def _record_result(self, loaded: _Loaded, res: AnalysisResult, models: str, summary: BatchSummary) -> None:
         item = loaded.item
-        paths = output_paths(self.options.out_dir, item)
+        rel = safe_rel(item, loaded.image, loaded.sha256, self.options.phi)
+        shown_path = str(item.path) if rel == item.rel else rel.as_posix()
+        paths = output_paths(self.options.out_dir, rel)
         written: list[str] = []
-        if "png" in self.options.formats and loaded.image is not None:
-            try:
+        try:
+            if "png" in self.options.formats and loaded.image is not None:
                 written = write_image_outputs(res, loaded.image, paths)
-            except OSError as exc:
-                loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
-                self._record_error(loaded, models, summary)
-                return
-        record = res.to_json(path=str(item.path))
+            if "pdf" in self.options.formats and loaded.image is not None:
+                from ..reporting.pdf import ReportItem, write_pdf_report
+
+                write_pdf_report([ReportItem(res, loaded.image, shown_path, loaded.sha256)], paths["pdf"],
+                                 phi=self.options.phi)
+                written.append(str(paths["pdf"]))
+        except OSError as exc:
+            loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
+            self._record_error(loaded, models, summary)
+            return
+        record = res.to_json(path=shown_path)
         record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
         record["outputs"] = [str(Path(w).relative_to(self.options.out_dir)) for w in written]
         self.journal.append(item.key, loaded.sha256, models, record)
@@ -327,7 +348,9 @@ class BatchRunner:
             self.on_row(record)
 
     def _record_error(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
-        record = error_record(str(loaded.item.path), loaded.error or "unknown error", loaded.seconds, loaded.sha256)
+        rel = safe_rel(loaded.item, loaded.image, loaded.sha256, self.options.phi)
+        shown = str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix()
+        record = error_record(shown, loaded.error or "unknown error", loaded.seconds, loaded.sha256)
         self.journal.append(loaded.item.key, loaded.sha256, models, record)
         summary.errors += 1
         if self.on_row:
@@ -351,3 +374,7 @@ class BatchRunner:
         if "json" in self.options.formats:
             text = "".join(json.dumps(r, default=str) + "\n" for r in rows)
             summary.jsonl_path = atomic_write_text(out / "results.jsonl", text)
+        if "pdf" in self.options.formats and rows:
+            from ..reporting.pdf import write_summary_pdf
+
+            summary.pdf_path = write_summary_pdf(rows, out / "summary.pdf")

@@ -152,7 +152,7 @@ def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:
     if not entries:
         return
     h, w = img.shape[:2]
-    scale = max(0.4, min(h, w) / 900)
+    scale = max(0.4, min(h, w) / 520)
     line = int(26 * scale) + 4
     box_w = int(210 * scale)
     x0, y0 = int(10 * scale), h - line * len(entries) - int(12 * scale)
