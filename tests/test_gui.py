@@ -44,9 +44,10 @@ def display() -> Iterator[str]:
 
 
 @pytest.fixture()
-def app(display: str, tmp_path: Path):
+def app(display: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from xrayviewer.gui.app import ViewerApp, create_root
 
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "history.sqlite3"))
     root = create_root()
     settings = Settings()
     settings.accept_notice()

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", type=Path, default=Path("xrayviewer-results"),
                     help="output folder (default: ./xrayviewer-results); re-running with the same folder resumes")
     an.add_argument("--format", default="csv,json,png",
-                    help="comma-separated outputs: csv, json, png, pdf (default: csv,json,png)")
+                    help="comma-separated outputs: csv, json, png, pdf, dicom (SEG + Secondary Capture, DICOM inputs "
+                         "only) (default: csv,json,png)")
     an.add_argument("--phi", action="store_true",
                     help="keep patient-identifying file names in outputs (default: de-identified)")
     an.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
@@ -194,9 +195,9 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     from .inference.control import CancelToken
 
     formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
-    unknown = [f for f in formats if f not in ("csv", "json", "png", "pdf")]
+    unknown = [f for f in formats if f not in ("csv", "json", "png", "pdf", "dicom")]
     if unknown or not formats:
-        log.error("unknown --format value(s): %s (use csv, json, png, pdf)", ", ".join(unknown) or "(none)")
+        log.error("unknown --format value(s): %s (use csv, json, png, pdf, dicom)", ", ".join(unknown) or "(none)")
         return 2
     missing = require_models()
     if missing:

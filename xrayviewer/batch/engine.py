@@ -34,7 +34,7 @@ from .journal import Journal
 log = logging.getLogger(__name__)
 
 ALL_FORMATS = ("csv", "json", "png")
-KNOWN_FORMATS = ("csv", "json", "png", "pdf")
+KNOWN_FORMATS = ("csv", "json", "png", "pdf", "dicom")
 JOURNAL_NAME = ".xrayviewer-journal.jsonl"
 
 
@@ -147,6 +147,8 @@ def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
         "lung": base.with_name(base.name + ".lung.png"),
         "opacity": base.with_name(base.name + ".opacity.png"),
         "pdf": base.with_name(base.name + ".report.pdf"),
+        "seg": base.with_name(base.name + ".seg.dcm"),
+        "sc": base.with_name(base.name + ".sc.dcm"),
     }
 
 
@@ -323,6 +325,7 @@ class BatchRunner:
         shown_path = str(item.path) if rel == item.rel else rel.as_posix()
         paths = output_paths(self.options.out_dir, rel)
         written: list[str] = []
+        extra_warnings: list[str] = []
         try:
             if "png" in self.options.formats and loaded.image is not None:
                 written = write_image_outputs(res, loaded.image, paths)
@@ -332,6 +335,17 @@ class BatchRunner:
                 write_pdf_report([ReportItem(res, loaded.image, shown_path, loaded.sha256)], paths["pdf"],
                                  phi=self.options.phi)
                 written.append(str(paths["pdf"]))
+            if "dicom" in self.options.formats and loaded.image is not None and loaded.image.is_dicom:
+                from ..reporting.dicom_out import DicomOutputError, write_secondary_capture, write_segmentation
+
+                try:
+                    write_secondary_capture(res, loaded.image, paths["sc"], phi=self.options.phi)
+                    written.append(str(paths["sc"]))
+                    if res.lung_labels is not None:
+                        write_segmentation(res, loaded.image, paths["seg"], phi=self.options.phi)
+                        written.append(str(paths["seg"]))
+                except DicomOutputError as exc:
+                    extra_warnings.append(f"DICOM outputs skipped: {exc.message}")
         except OSError as exc:
             loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
             self._record_error(loaded, models, summary)
@@ -339,6 +353,14 @@ class BatchRunner:
         record = res.to_json(path=shown_path)
         record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
         record["outputs"] = [str(Path(w).relative_to(self.options.out_dir)) for w in written]
+        if "dicom" in self.options.formats and loaded.image is not None:
+            from ..reporting.dicom_out import burned_in_warning
+
+            bw = burned_in_warning(loaded.image)
+            if bw:
+                extra_warnings.append(bw)
+        if extra_warnings:
+            record["warnings"] = "; ".join([w for w in [record.get("warnings")] if w] + extra_warnings)
         self.journal.append(item.key, loaded.sha256, models, record)
         if res.status == "ok":
             summary.ok += 1

@@ -101,6 +101,8 @@ class ViewerApp:
         self._layer_key: Any = None
         self._warped_layer: np.ndarray | None = None
         self._warped_layer_key: Any = None
+        self.history: Any = None
+        self.history_id: int | None = None
 
         self._build_menus()
         self._build_layout()
@@ -121,7 +123,9 @@ class ViewerApp:
         file_menu.add_cascade(label="Open recent", menu=self.recent_menu)
         file_menu.add_separator()
         file_menu.add_command(label="Export overlay PNG...", accelerator="Ctrl+E", command=self.ask_export_png)
+        file_menu.add_command(label="Export PDF report...", accelerator="Ctrl+P", command=self.ask_export_pdf)
         file_menu.add_command(label="Copy overlay to clipboard", command=self.copy_to_clipboard)
+        file_menu.add_command(label="History...", accelerator="Ctrl+H", command=self.show_history)
         file_menu.add_separator()
         file_menu.add_command(label="Close image", command=self.close_image)
         file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
@@ -257,6 +261,8 @@ class ViewerApp:
         r.bind("<Control-O>", lambda e: self.ask_open_folder())
         r.bind("<Control-q>", lambda e: self.quit())
         r.bind("<Control-e>", lambda e: self.ask_export_png())
+        r.bind("<Control-p>", lambda e: self.ask_export_pdf())
+        r.bind("<Control-h>", lambda e: self.show_history())
         r.bind("<Control-Return>", lambda e: self.analyze())
         r.bind("<Control-period>", lambda e: self.cancel_analysis())
         plain = {
@@ -730,6 +736,7 @@ class ViewerApp:
         self.analysis = result
         self._layer_key = None
         self.results.show(result)
+        self._remember(result)
         if result.gate.accepted:
             self.set_status(f"Analysed in {result.total_seconds:.2f} s: {result.predicted_class} "
                             f"(severity {result.severity})")
@@ -748,6 +755,61 @@ class ViewerApp:
             log.error("analysis failed", exc_info=exc)
         self.results.show_message(f"Analysis failed: {msg}", "#b00020")
         self.set_status(f"Analysis failed: {msg}")
+
+    def _history(self) -> Any:
+        if self.history is None:
+            from ..history import History
+
+            self.history = History()
+            if self.history.recovered_from:
+                messagebox.showwarning("History", f"The history database was damaged. It was kept as "
+                                       f"{self.history.recovered_from} and a new one was started.", parent=self.root)
+        return self.history
+
+    def _remember(self, result: AnalysisResult) -> None:
+        try:
+            self.history_id = self._history().record(result.to_record(str(self.path or result.source)), origin="gui")
+        except Exception as exc:  # recording must never break the viewer
+            log.warning("could not record the analysis in the history: %s", exc)
+            self.history_id = None
+
+    def show_history(self) -> None:
+        from .history_window import HistoryWindow
+
+        try:
+            HistoryWindow(self.root, self._history(), on_open=lambda p: self.open_any(Path(p)))
+        except Exception as exc:
+            messagebox.showerror("History", f"The history is unavailable: {exc}", parent=self.root)
+
+    def export_pdf(self, path: Path) -> Path:
+        from ..reporting.pdf import ReportItem, write_pdf_report
+
+        if self.image is None or self.analysis is None:
+            raise XRayViewerError("analyse the image first: a report needs an analysis")
+        out = write_pdf_report([ReportItem(self.analysis, self.image, str(self.path or self.image.source))], path,
+                               phi=False)
+        if self.history_id is not None:
+            try:
+                self._history().add_report(self.history_id, str(out))
+            except Exception as exc:
+                log.warning("could not record the report in the history: %s", exc)
+        return out
+
+    def ask_export_pdf(self) -> None:
+        if self.analysis is None:
+            self.set_status("Analyse the image first (A): a report needs an analysis")
+            return
+        from ..reporting.deid import safe_stem
+
+        stem = safe_stem(self.path or "image", self.image, self.analysis.input_sha256)
+        path = filedialog.asksaveasfilename(parent=self.root, title="Export PDF report", defaultextension=".pdf",
+                                            initialfile=f"{stem}.report.pdf", filetypes=[("PDF", "*.pdf")])
+        if path:
+            try:
+                self.export_pdf(Path(path))
+                self.set_status(f"Report written: {path}")
+            except (OSError, XRayViewerError) as exc:
+                messagebox.showerror("Export failed", f"{path}: {exc}", parent=self.root)
 
     def _forget_analysis(self) -> None:
         self.cancel_analysis(quiet=True)
