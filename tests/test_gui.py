@@ -203,3 +203,85 @@ def test_redraw_is_fast_enough_for_interaction(app, dicom_dir: Path) -> None:
     view = app.render_current()
     assert view.size == app.state.canvas_size[0] * app.state.canvas_size[1]
     assert view.size < app.image.values.size
+
+
+def test_batch_dialog_runs_cancels_and_sorts(app, data_dir: Path, dicom_dir: Path, tmp_path: Path) -> None:
+    """The dialog drives the real batch engine on real files; the analyzer is the engine-test one."""
+    import shutil
+
+    from test_batch import ThresholdAnalyzer
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((data_dir / "nih" / "X-Ray Image DataSet" / "Pneumonia").glob("*.png"))[:6]:
+        shutil.copy(p, src / p.name)
+    shutil.copy(dicom_dir / "broken" / "RG2_JPLY.dcm", src / "broken.dcm")
+    analyzer = ThresholdAnalyzer()
+    app.analyzer = analyzer
+    dlg = app.show_batch(src)
+    dlg.out_var.set(str(tmp_path / "out"))
+    dlg.start()
+    pump(app, lambda: dlg.summary is not None or dlg.error is not None, timeout=60)
+    assert dlg.error is None
+    assert len(dlg.tree.get_children()) == 7
+    statuses = sorted(dlg.tree.set(i, "status") for i in dlg.tree.get_children())
+    assert statuses.count("error") == 1 and statuses.count("ok") == 6
+    assert "Finished" in dlg.status.get() and (tmp_path / "out" / "results.csv").is_file()
+    dlg.sort_by("status")
+    first = dlg.tree.get_children()[0]
+    assert dlg.tree.set(first, "status") == "error"
+    # History recorded every row.
+    assert app._history().count() == 7
+    # Re-run: everything already done (resume), the table still shows all rows.
+    dlg.start()
+    pump(app, lambda: not dlg.running and dlg.summary is not None and dlg.summary.skipped == 6, timeout=60)
+    assert len(dlg.tree.get_children()) == 7
+    dlg.destroy()
+
+
+def test_cancel_and_stale_analysis_results_are_dropped(app, dicom_dir: Path) -> None:
+    import threading
+
+    from test_batch import ThresholdAnalyzer
+
+    gate = threading.Event()
+
+    class Slow(ThresholdAnalyzer):
+        def load(self, progress=None):
+            pass
+
+        def analyze(self, image, progress=None, cancel=None):
+            progress("Segmenting lungs", 0.3)
+            gate.wait(10)
+            if cancel is not None:
+                cancel.check()
+            return self.analyze_batch([image])[0]
+
+    app.analyzer = Slow()
+    app.models_state = "ready"
+    app.open_path(dicom_dir / "dx_image.dcm")
+    pump(app, lambda: app.image is not None)
+    app.analyze()
+    pump(app, lambda: "Segmenting" in app.status_var.get())
+    app.cancel_analysis()
+    gate.set()
+    pump(app, lambda: not app.tasks.busy("analyze"))
+    assert app.analysis is None and "cancelled" in app.results.text().lower()
+    # A finished analysis shows its values in the panel and the overlays.
+    gate.set()
+    app.analyze()
+    pump(app, lambda: app.analysis is not None)
+    assert app.results.percentages() == {"Normal": "50.0%", "COVID-19": "30.0%", "Other pneumonia": "20.0%"}
+    assert "right lung 1.0 %" in app.results.text()
+    view = app.render_current()
+    assert view.ndim == 3  # overlay blended
+    app.show_lungs.set(False)
+    app.show_opacity.set(False)
+    app.show_boxes.set(False)
+    app._overlay_changed()
+    plain = app.render_current()
+    assert not np.array_equal(plain, view)
+    # Opening another image drops the result.
+    app.open_path(dicom_dir / "RG2_JPLY_fixed.dcm")
+    pump(app, lambda: app.path.name == "RG2_JPLY_fixed.dcm")
+    assert app.analysis is None

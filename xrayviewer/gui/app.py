@@ -103,6 +103,7 @@ class ViewerApp:
         self._warped_layer_key: Any = None
         self.history: Any = None
         self.history_id: int | None = None
+        self._analyze_when_loaded: Path | None = None
 
         self._build_menus()
         self._build_layout()
@@ -149,6 +150,8 @@ class ViewerApp:
         analysis = tk.Menu(m, tearoff=False)
         analysis.add_command(label="Analyze", accelerator="A / Ctrl+Enter", command=self.analyze)
         analysis.add_command(label="Cancel analysis", accelerator="Ctrl+.", command=self.cancel_analysis)
+        analysis.add_separator()
+        analysis.add_command(label="Batch...", accelerator="Ctrl+B", command=self.show_batch)
         m.add_cascade(label="Analysis", menu=analysis)
 
         self.window_menu = tk.Menu(m, tearoff=False)
@@ -263,6 +266,7 @@ class ViewerApp:
         r.bind("<Control-e>", lambda e: self.ask_export_png())
         r.bind("<Control-p>", lambda e: self.ask_export_pdf())
         r.bind("<Control-h>", lambda e: self.show_history())
+        r.bind("<Control-b>", lambda e: self.show_batch())
         r.bind("<Control-Return>", lambda e: self.analyze())
         r.bind("<Control-period>", lambda e: self.cancel_analysis())
         plain = {
@@ -364,6 +368,9 @@ class ViewerApp:
         self.root.title(f"{path.name} - xrayviewer {__version__}")
         self.set_status(f"Opened {path}" + (f"  ({'; '.join(img.warnings)})" if img.warnings else ""))
         self.redraw()
+        if self._analyze_when_loaded == path:
+            self._analyze_when_loaded = None
+            self.analyze()
 
     def _on_load_error(self, path: Path, exc: BaseException) -> None:
         self.root.configure(cursor="")
@@ -772,6 +779,24 @@ class ViewerApp:
         except Exception as exc:  # recording must never break the viewer
             log.warning("could not record the analysis in the history: %s", exc)
             self.history_id = None
+
+    def show_batch(self, folder: Path | None = None) -> Any:
+        from .batch_dialog import BatchDialog
+
+        def remember(row: dict) -> None:
+            try:
+                self._history().record(row, origin="batch")
+            except Exception as exc:
+                log.warning("could not record in history: %s", exc)
+
+        start = folder or (self.folder_files[0].parent if self.folder_files else None)
+        return BatchDialog(self.root, self._get_analyzer, self.settings, on_open=self.open_and_analyze,
+                           on_row=remember, folder=start)
+
+    def open_and_analyze(self, path: Path) -> None:
+        """Open an image and analyse it as soon as it is loaded (batch table double-click)."""
+        self._analyze_when_loaded = path
+        self.open_path(path)
 
     def show_history(self) -> None:
         from .history_window import HistoryWindow
