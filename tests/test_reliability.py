@@ -1,0 +1,135 @@
+"""Reliability guarantees: killed batches resume exactly once, no network use, no models needed to view."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+KILLABLE = r"""
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from test_batch import ThresholdAnalyzer
+from xrayviewer.batch import BatchOptions, BatchRunner, discover
+
+class SlowAnalyzer(ThresholdAnalyzer):
+    def analyze_batch(self, images, *, cancel=None):
+        time.sleep(0.05)
+        return super().analyze_batch(images, cancel=cancel)
+
+items, _ = discover([Path(sys.argv[1])])
+BatchRunner(SlowAnalyzer(), BatchOptions(Path(sys.argv[2]), formats=("csv", "json", "png", "pdf"), batch_size=2)).run(items)
+"""
+
+
+def test_sigkill_at_random_points_then_resume(tmp_path: Path, data_dir: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    files = sorted((data_dir / "nih" / "X-Ray Image DataSet" / "No_findings").glob("*.png"))[:24]
+    for p in files:
+        shutil.copy(p, src / p.name)
+    out = tmp_path / "out"
+    script = tmp_path / "run.py"
+    script.write_text(KILLABLE)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, str(script), str(src), str(out), str(TESTS)])
+        time.sleep(rng.uniform(1.0, 3.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2, "the batch finished too fast to be interrupted"
+    # Final, uninterrupted run.
+    subprocess.run([sys.executable, str(script), str(src), str(out), str(TESTS)], check=True, timeout=300)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in files)  # each exactly once
+    assert all(r["status"] == "ok" for r in rows)
+    jsonl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(jsonl) == len(files)
+    # No half-written outputs: no temp files, and every PNG/PDF is complete.
+    assert not list(out.rglob("*.tmp"))
+    from PIL import Image
+
+    for png in out.rglob("*.png"):
+        Image.open(png).load()
+    for pdf in out.rglob("*.pdf"):
+        assert pdf.read_bytes().rstrip().endswith(b"%%EOF")
+
+
+NO_NETWORK = r"""
+import socket, sys
+def refuse(*a, **k):
+    raise OSError("network access attempted")
+class NoNetSocket(socket.socket):
+    def __init__(self, family=-1, *a, **k):
+        if family in (-1, socket.AF_INET, socket.AF_INET6):
+            refuse()
+        super().__init__(family, *a, **k)
+    connect = connect_ex = sendto = refuse
+socket.socket = NoNetSocket
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+from xrayviewer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_works_with_sockets_blocked(tmp_path: Path, dicom_dir: Path) -> None:
+    script = tmp_path / "nonet.py"
+    script.write_text(NO_NETWORK)
+    proc = subprocess.run([sys.executable, str(script), "info", "--json", *map(str, sorted(dicom_dir.glob("*.dcm")))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "network access attempted" not in proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) == len(list(dicom_dir.glob("*.dcm")))
+
+
+def test_viewer_opens_images_without_models(tmp_path: Path, dicom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_gui import pump
+
+    if not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None:
+        pytest.skip("no display")
+    monkeypatch.setenv("XRAYVIEWER_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "h.db"))
+    display_proc = None
+    if not os.environ.get("DISPLAY"):
+        display_proc = subprocess.Popen(["Xvfb", ":77", "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        monkeypatch.setenv("DISPLAY", ":77")
+    try:
+        from xrayviewer.gui.app import ViewerApp, create_root
+        from xrayviewer.settings import Settings
+
+        root = create_root()
+        app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json")
+        pump(app, lambda: app.models_state == "failed", timeout=60)
+        assert "card" in app.results.text() and "Viewing still works" in app.results.text()
+        app.open_path(dicom_dir / "dx_image.dcm")
+        pump(app, lambda: app.image is not None)
+        assert app.render_current() is not None
+        app.analyze()
+        assert "unavailable" in app.status_var.get()
+        assert app.callback_errors == []
+        app.quit()
+        del app, root
+        import gc
+
+        gc.collect()
+    finally:
+        if display_proc:
+            display_proc.terminate()
