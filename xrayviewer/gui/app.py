@@ -27,7 +27,7 @@ from ..fsutil import atomic_write_bytes
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import AnalysisResult
 from ..rendering import ViewState, measure, render_view, wl_from_drag
-from ..rendering.overlay import OverlayOptions, blend, compose_overlay, hex_to_rgb, overlay_layer
+from ..rendering.overlay import OverlayOptions, blend, compose_overlay, hex_to_rgb, view_layer
 from ..settings import Settings
 from . import dialogs
 from .results_panel import ResultsPanel
@@ -97,8 +97,6 @@ class ViewerApp:
         self.models_state = "not loaded"
         self._cancel: CancelToken | None = None
         self._progress = _ProgressBox()
-        self._layer: np.ndarray | None = None
-        self._layer_key: Any = None
         self._warped_layer: np.ndarray | None = None
         self._warped_layer_key: Any = None
         self.history: Any = None
@@ -741,7 +739,6 @@ class ViewerApp:
         self.cancel_button.configure(state="disabled")
         self.progress_bar.configure(value=1.0)
         self.analysis = result
-        self._layer_key = None
         self.results.show(result)
         self._remember(result)
         if result.gate.accepted:
@@ -839,8 +836,6 @@ class ViewerApp:
     def _forget_analysis(self) -> None:
         self.cancel_analysis(quiet=True)
         self.analysis = None
-        self._layer = None
-        self._layer_key = None
         self._warped_layer_key = None
         self.progress_bar.configure(value=0)
         if self.models_state != "failed":
@@ -860,30 +855,19 @@ class ViewerApp:
         )
 
     def _overlay_changed(self) -> None:
-        self._layer_key = None
         self.settings.overlay_alpha = float(self.alpha_var.get())
         self.schedule_redraw()
 
-    def _full_layer(self) -> np.ndarray | None:
+    def _view_layer(self) -> np.ndarray | None:
+        """Overlay at canvas size (cost follows the canvas, not the image: Tk-thread safe)."""
         r = self.analysis
-        if r is None or self.image is None:
+        if r is None or self.state is None:
             return None
         opts = self.overlay_options()
-        key = (id(r), opts)
-        if key != self._layer_key:
-            self._layer = overlay_layer(self.image.shape, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask,
-                                        regions=r.regions, heatmap=r.heatmap, options=opts)
-            self._layer_key = key
-            self._warped_layer_key = None
-        return self._layer
-
-    def _view_layer(self) -> np.ndarray | None:
-        layer = self._full_layer()
-        if layer is None or self.state is None:
-            return None
-        key = (self._layer_key, self.state)
+        key = (id(r), opts, self.state)
         if key != self._warped_layer_key:
-            self._warped_layer = render_view(layer, self.state, nearest=self.state.zoom >= 1.0)
+            self._warped_layer = view_layer(self.state, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask,
+                                            regions=r.regions, heatmap=r.heatmap, options=opts)
             self._warped_layer_key = key
         return self._warped_layer
 

@@ -60,49 +60,76 @@ def overlay_layer(
 
     Kept separate from the grey image so the viewer can re-window the picture without
     recomputing the overlay; fills carry ``options.alpha``, outlines and boxes are opaque.
+    Works in uint8 throughout: the viewer calls it at canvas size on every view change.
     """
     import cv2
 
     h, w = shape
-    rgb = np.zeros((h, w, 3), np.float32)
-    alpha = np.zeros((h, w), np.float32)
-    a = float(np.clip(options.alpha, 0.0, 1.0))
+    a8 = int(round(float(np.clip(options.alpha, 0.0, 1.0)) * 255))
     t = _thickness(shape)
     if options.heatmap and heatmap is not None:
         heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
-        rgb = heat_colormap(heat).astype(np.float32)
-        alpha = a * heat
-    has_opacity = opacity_mask is not None and bool(np.any(opacity_mask))
-    if options.opacity and has_opacity:
-        m = np.asarray(opacity_mask) > 0
-        rgb[m] = np.array(options.opacity_color, np.float32)
-        alpha[m] = np.maximum(alpha[m], a)
-    rgb8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    alpha8 = np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8)
-    solid = np.zeros((h, w), np.uint8)  # where outlines/boxes are drawn
-    lines = np.zeros((h, w, 3), np.uint8)
-    if options.opacity and has_opacity:
-        contours, _ = cv2.findContours((np.asarray(opacity_mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(lines, contours, -1, options.opacity_color, t)
-        cv2.drawContours(solid, contours, -1, 255, t)
+        rgb = np.ascontiguousarray(heat_colormap(heat))
+        alpha = np.rint(heat * a8).astype(np.uint8)
+    else:
+        rgb = np.zeros((h, w, 3), np.uint8)
+        alpha = np.zeros((h, w), np.uint8)
+    if options.opacity and opacity_mask is not None:
+        m8 = (np.asarray(opacity_mask) > 0).astype(np.uint8)
+        if m8.any():
+            m = m8.astype(bool)
+            rgb[m] = options.opacity_color
+            np.maximum(alpha, m8 * np.uint8(a8), out=alpha)
+            contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(rgb, contours, -1, options.opacity_color, t)
+            cv2.drawContours(alpha, contours, -1, 255, t)
     if options.lungs and lung_labels is not None:
+        labels = np.asarray(lung_labels)
         for label, colour in ((1, options.right_color), (2, options.left_color)):
-            m = (np.asarray(lung_labels) == label).astype(np.uint8)
+            m = (labels == label).astype(np.uint8)
             if m.any():
                 contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(lines, contours, -1, colour, t + 1)
-                cv2.drawContours(solid, contours, -1, 255, t + 1)
+                cv2.drawContours(rgb, contours, -1, colour, t + 1)
+                cv2.drawContours(alpha, contours, -1, 255, t + 1)
     if options.boxes:
         for reg in regions:
             x0, y0, x1, y1 = reg.bbox
             p0, p1 = (int(x0), int(y0)), (int(max(x0, x1 - 1)), int(max(y0, y1 - 1)))
-            cv2.rectangle(lines, p0, p1, BOX_COLOR, t)
-            cv2.rectangle(solid, p0, p1, 255, t)
-    on = solid > 0
-    rgb8[on] = lines[on]
-    alpha8[on] = 255
-    return np.dstack([rgb8, alpha8])
+            cv2.rectangle(rgb, p0, p1, BOX_COLOR, t)
+            cv2.rectangle(alpha, p0, p1, 255, t)
+    return np.dstack([rgb, alpha])
+
+
+@dataclass(frozen=True)
+class _Box:
+    bbox: tuple[int, int, int, int]
+
+
+def view_layer(state, *, lung_labels: np.ndarray | None = None, opacity_mask: np.ndarray | None = None,
+               regions: tuple = (), heatmap: np.ndarray | None = None,
+               options: OverlayOptions = OverlayOptions()) -> np.ndarray:
+    """The overlay layer drawn directly at canvas size for a view state.
+
+    Masks are warped to the view (nearest) and outlines drawn there, so the cost follows the
+    canvas, not the image: this runs on the Tk thread at every zoom/pan.
+    """
+    from .viewport import render_view
+
+    cw, ch = state.canvas_size
+    lab_v = render_view(np.asarray(lung_labels, np.uint8), state, nearest=True) if lung_labels is not None else None
+    op_v = (render_view((np.asarray(opacity_mask) > 0).astype(np.uint8), state, nearest=True)
+            if opacity_mask is not None and options.opacity else None)
+    heat_v = (render_view(np.asarray(heatmap, np.float32), state, nearest=False)
+              if heatmap is not None and options.heatmap else None)
+    boxes = []
+    if options.boxes:
+        for reg in regions:
+            x0, y0, x1, y1 = reg.bbox
+            pts = [state.image_to_screen(x, y) for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            boxes.append(_Box((int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)))
+    return overlay_layer((ch, cw), lung_labels=lab_v, opacity_mask=op_v, regions=tuple(boxes), heatmap=heat_v,
+                         options=options)
 
 
 def blend(grey_or_rgb: np.ndarray, layer: np.ndarray) -> np.ndarray:
@@ -110,9 +137,9 @@ def blend(grey_or_rgb: np.ndarray, layer: np.ndarray) -> np.ndarray:
     base = np.asarray(grey_or_rgb)
     if base.ndim == 2:
         base = np.dstack([base] * 3)
-    a = layer[..., 3:4].astype(np.float32) / 255.0
-    out = base.astype(np.float32) * (1 - a) + layer[..., :3].astype(np.float32) * a
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    a = layer[..., 3:4].astype(np.uint16)
+    out = (base.astype(np.uint16) * (255 - a) + layer[..., :3].astype(np.uint16) * a + 127) // 255
+    return out.astype(np.uint8)
 
 
 def compose_overlay(
