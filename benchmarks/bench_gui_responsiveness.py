@@ -1,0 +1,107 @@
+"""How long the Tk event loop is blocked while the viewer analyses images.
+
+Opens a large real DICOM, then (a) analyses it, (b) runs a batch over real images, while a
+5 ms ``after()`` ticker records the gaps between ticks. Target: the longest gap <= ~50 ms
+(the window never freezes). Also reports the gaps with no work running (the baseline of
+this machine's scheduler, measured in the same run). Needs a display (Xvfb is fine).
+
+Run: DISPLAY=:99 python benchmarks/bench_gui_responsiveness.py [--batch 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench_gui")
+
+
+def data_dir() -> Path:
+    env = os.environ.get("XRAYVIEWER_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+class Ticker:
+    def __init__(self, root) -> None:  # noqa: ANN001
+        self.root = root
+        self.gaps: list[float] = []
+        self.last = time.perf_counter()
+        self.running = True
+        root.after(5, self.tick)
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append((now - self.last) * 1000)
+        self.last = now
+        if self.running:
+            self.root.after(5, self.tick)
+
+    def take(self) -> list[float]:
+        g, self.gaps = self.gaps, []
+        return g
+
+
+def pump(root, cond, timeout: float = 600) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        root.update()
+        time.sleep(0.001)
+
+
+def describe(name: str, gaps: list[float]) -> None:
+    gaps = sorted(gaps)
+    log.info("| %s | %d | %.1f | %.1f | %.1f |", name, len(gaps), statistics.median(gaps),
+             gaps[int(0.99 * (len(gaps) - 1))], gaps[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=40)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from xrayviewer.gui.app import ViewerApp, create_root
+    from xrayviewer.settings import Settings
+
+    os.environ.setdefault("XRAYVIEWER_HISTORY_DB", str(Path(tempfile.mkdtemp()) / "h.db"))
+    root = create_root()
+    app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=Path(tempfile.mkdtemp()) / "s.json")
+    pump(root, lambda: app.models_state in ("ready", "failed"))
+    if app.models_state != "ready":
+        raise SystemExit(f"models unavailable: {app.analysis_error}")
+    ticker = Ticker(root)
+    t_end = time.monotonic() + 2
+    pump(root, lambda: time.monotonic() > t_end)
+    idle = ticker.take()
+    app.open_path(data_dir() / "dicom" / "966_fixed.dcm")
+    pump(root, lambda: app.image is not None)
+    ticker.take()
+    app.analyze()
+    pump(root, lambda: app.analysis is not None and not app.tasks.busy("analyze"))
+    t_end = time.monotonic() + 0.5
+    pump(root, lambda: time.monotonic() > t_end)
+    single = ticker.take()
+    src = Path(tempfile.mkdtemp())
+    files = sorted((data_dir() / "covid-qu-ex" / "Val").glob("*/images/*.png"))[: args.batch]
+    for f in files:
+        os.symlink(f, src / f.name)
+    dlg = app.show_batch(src)
+    dlg.out_var.set(str(Path(tempfile.mkdtemp()) / "out"))
+    dlg.start()
+    pump(root, lambda: dlg.summary is not None or dlg.error is not None)
+    batch = ticker.take()
+    ticker.running = False
+    log.info("| phase | ticks | median gap ms | p99 ms | max ms |")
+    log.info("|---|---|---|---|---|")
+    describe("idle (baseline)", idle)
+    describe("analyse one 2000x2128 DICOM", single)
+    describe(f"batch of {len(files)} images in the dialog", batch)
+    app.quit()
+
+
+if __name__ == "__main__":
+    main()
