@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xrayviewer {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check the installation (models, codecs, one analysis), print one line, exit 0/1")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     info = sub.add_parser("info", help="show what was loaded from image files (format, size, window, spacing)")
@@ -314,6 +316,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.self_test:
+        from .selftest import run_self_test
+
+        return run_self_test(out or sys.stdout)
     if args.command is None:
         parser.print_help(out or sys.stdout)
         return 0
