@@ -41,8 +41,8 @@ def main() -> None:
 
     rows = []
     for path in sorted((_data_dir() / "dicom").glob("*.dcm")):
-        ours = _median_ms(lambda: load_image(path), args.repeat)
-        base = _median_ms(lambda: pydicom.dcmread(path).pixel_array, args.repeat)
+        ours = _median_ms(lambda p=path: load_image(p), args.repeat)
+        base = _median_ms(lambda p=path: pydicom.dcmread(p).pixel_array, args.repeat)
         ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
         rows.append((path.name[:28], ts[:40], base, ours))
     log.info("%-28s  %-40s  %10s  %10s  %6s", "file", "transfer syntax", "pydicom ms", "ours ms", "ratio")

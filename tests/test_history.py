@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from xrayviewer.history import History
 from xrayviewer.history.db import MIGRATIONS, SCHEMA_VERSION
 

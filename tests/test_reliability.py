@@ -126,10 +126,6 @@ def test_viewer_opens_images_without_models(tmp_path: Path, dicom_dir: Path, mon
         assert "unavailable" in app.status_var.get()
         assert app.callback_errors == []
         app.quit()
-        del app, root
-        import gc
-
-        gc.collect()
     finally:
         if display_proc:
             display_proc.terminate()
