@@ -123,12 +123,12 @@ def run_self_test(out: TextIO, *, analyze: bool = True) -> int:
     step("codecs", codecs)
 
     def models() -> str:
-        from .inference.analyzer import MODEL_NAMES, require_models
+        from .inference.analyzer import model_names, require_models
 
         bad = require_models()
         if bad:
             raise ValueError("; ".join(bad))
-        return f"{len(MODEL_NAMES)} models verified"
+        return f"{len(model_names())} models verified"
 
     step("models", models)
 

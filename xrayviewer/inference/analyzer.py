@@ -31,13 +31,11 @@ from .result import AnalysisResult, GateVerdict, ModelInfo
 
 log = logging.getLogger(__name__)
 
-def _model_names() -> tuple[str, ...]:
+def model_names() -> tuple[str, ...]:
+    """The bundled models the pipeline needs, in pipeline order (names owned by each module)."""
     from .. import classifier, gate, lung, opacity
 
     return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
-
-
-MODEL_NAMES = _model_names()
 STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities")
 
 
@@ -72,7 +70,7 @@ class Analyzer:
             from ..modelstore import read_card
 
             infos = []
-            for name in MODEL_NAMES:
+            for name in model_names():
                 card = read_card(name, self.models_root)
                 infos.append(ModelInfo(card.name, str(card.version), card.sha256))
             self._infos = tuple(infos)
@@ -239,7 +237,7 @@ def require_models(models_root: Path | None = None) -> list[str]:
     from ..modelstore import read_card, verify_weights
 
     bad = []
-    for name in MODEL_NAMES:
+    for name in model_names():
         try:
             verify_weights(read_card(name, models_root))
         except ModelError as exc:
