@@ -1,0 +1,85 @@
+"""Lung-field segmentation with the bundled U-Net.
+
+Input: 2-D display images (uint8, any size). Output: per image, the lung probability at the
+input's full resolution and a label mask 0/1/2 (1 = patient's right lung = image left).
+The model sees exactly the training preprocessing (:func:`prepare_for_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import modelstore
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
+from .preprocessing import mask_to_full_resolution, prepare_for_model
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "lung_unet"
+
+
+@dataclass(frozen=True)
+class LungResult:
+    """Segmentation of one image, at the image's own (rows, cols)."""
+
+    probability: np.ndarray  # float32 in [0, 1]
+    labels: np.ndarray  # uint8: 0 background, 1 right lung, 2 left lung
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.labels > 0
+
+    @property
+    def right(self) -> np.ndarray:
+        return self.labels == RIGHT_LUNG
+
+    @property
+    def left(self) -> np.ndarray:
+        return self.labels == LEFT_LUNG
+
+
+def predict_probabilities(model: Any, images: Sequence[np.ndarray], input_size: int,
+                          batch_size: int = 8) -> list[np.ndarray]:
+    """Model-resolution probabilities resized back to each image's full resolution.
+
+    Shared by the app and the training evaluation so both measure the same code path.
+    Uses ``model(x, training=False)`` (no ``predict`` overhead, BN in inference mode).
+    """
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = np.stack([prepare_for_model(img, input_size) for img in chunk])
+        y = model(x, training=False)
+        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
+        for img, p in zip(chunk, prob):
+            out.append(mask_to_full_resolution(p, np.asarray(img).shape[:2]))
+    return out
+
+
+class LungSegmenter:
+    """Loads the bundled lung model once (verified against its card) and segments images."""
+
+    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
+        self.model, self.card = modelstore.load_model(name, models_root)
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def segment_batch(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[LungResult]:
+        """Segment several 2-D grey images (each any size)."""
+        for img in images:
+            if np.asarray(img).ndim != 2:
+                raise ValueError(f"expected 2-D grey images, got shape {np.asarray(img).shape}")
+        probs = predict_probabilities(self.model, images, self.input_size, batch_size)
+        return [LungResult(p, lung_labels(p, self.card.threshold)) for p in probs]
+
+    def segment(self, image: np.ndarray) -> LungResult:
+        """Segment one 2-D grey image."""
+        return self.segment_batch([image])[0]

@@ -1,0 +1,163 @@
+"""Locate, verify and load the bundled models (``models/<name>/card.json`` + weights).
+
+Every load checks the card and the SHA-256 of the weights file before Keras sees it, so a
+truncated download or a tampered file fails with a :class:`ModelError` naming the file
+instead of a Keras stack trace or, worse, silently wrong output. TensorFlow/Keras are
+imported lazily so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+ENV_MODELS_DIR = "XRAYVIEWER_MODELS_DIR"
+CARD_FILE = "card.json"
+REQUIRED_FIELDS = (
+    "name", "version", "architecture", "input_size", "preprocessing", "output",
+    "threshold", "labels", "training_data", "metrics", "training_command",
+    "wall_time_s", "hardware", "library_versions", "weights_file", "sha256",
+)
+
+_cache: dict[tuple[str, str], Any] = {}
+_lock = threading.Lock()
+
+
+def models_dir() -> Path:
+    """Bundled models directory: env override, PyInstaller bundle, else ``<repo>/models``."""
+    env = os.environ.get(ENV_MODELS_DIR)
+    if env:
+        return Path(env)
+    meipass = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and meipass:
+        return Path(meipass) / "models"
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The model card of a bundled model (the JSON is the source of truth; ``raw`` keeps all)."""
+
+    name: str
+    version: str
+    architecture: str
+    input_size: int
+    preprocessing: str
+    output: str
+    threshold: float
+    labels: dict[str, str]
+    training_data: dict[str, Any]
+    metrics: dict[str, Any]
+    training_command: str
+    wall_time_s: float
+    hardware: dict[str, Any]
+    library_versions: dict[str, str]
+    weights_file: str
+    sha256: str
+    directory: Path
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / self.weights_file
+
+
+def read_card(name: str, root: Path | None = None) -> ModelCard:
+    """Read and validate ``<models>/<name>/card.json``."""
+    directory = (root or models_dir()) / name
+    path = directory / CARD_FILE
+    if not path.is_file():
+        raise ModelError("model card not found", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model card unreadable: {exc}", path) from exc
+    if not isinstance(data, dict):
+        raise ModelError("model card is not a JSON object", path)
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise ModelError(f"model card lacks required fields {missing}", path)
+    if data["name"] != name:
+        raise ModelError(f"card names model {data['name']!r}, expected {name!r}", path)
+    try:
+        input_size = int(data["input_size"])
+        threshold = float(data["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"bad input_size/threshold in card: {exc}", path) from exc
+    sha = str(data["sha256"]).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ModelError("card sha256 is not a 64-hex-digit digest", path)
+    wf = str(data["weights_file"])
+    if Path(wf).name != wf:
+        raise ModelError(f"weights_file must be a bare file name, got {wf!r}", path)
+    return ModelCard(
+        name=name, version=str(data["version"]), architecture=str(data["architecture"]),
+        input_size=input_size, preprocessing=str(data["preprocessing"]),
+        output=str(data["output"]), threshold=threshold,
+        labels={str(k): str(v) for k, v in dict(data["labels"]).items()},
+        training_data=dict(data["training_data"]), metrics=dict(data["metrics"]),
+        training_command=str(data["training_command"]),
+        wall_time_s=float(data["wall_time_s"]), hardware=dict(data["hardware"]),
+        library_versions=dict(data["library_versions"]), weights_file=wf, sha256=sha,
+        directory=directory, raw=data,
+    )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_weights(card: ModelCard) -> Path:
+    """Check the weights file exists and matches the card's SHA-256."""
+    path = card.weights_path
+    if not path.is_file():
+        raise ModelError("model weights file missing", path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise ModelError(f"model weights unreadable: {exc}", path) from exc
+    if digest != card.sha256:
+        raise ModelError(
+            f"model weights do not match the card (sha256 {digest[:12]}..., card says "
+            f"{card.sha256[:12]}...): file truncated, corrupted or replaced", path)
+    return path
+
+
+def load_model(name: str, root: Path | None = None) -> tuple[Any, ModelCard]:
+    """Verified, cached (model, card). Raises :class:`ModelError` naming the bad file."""
+    card = read_card(name, root)
+    key = (str(card.directory.resolve()), card.sha256)
+    with _lock:
+        if key in _cache:
+            return _cache[key], card
+        path = verify_weights(card)
+        try:
+            import keras  # lazy: TensorFlow start-up is seconds
+
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:
+            raise ModelError(f"Keras cannot load the model: {exc}", path) from exc
+        log.info("loaded model %s v%s from %s", name, card.version, path)
+        _cache[key] = model
+        return model, card
+
+
+def clear_cache() -> None:
+    """Forget loaded models (tests; freeing memory)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,89 @@
+"""Lung-mask cleanup: threshold, two largest components, hole filling, right/left split.
+
+Orientation: on a standard frontal (PA/AP) radiograph the patient faces the viewer, so the
+patient's RIGHT lung is on the IMAGE LEFT. Labels: 0 background, 1 right lung, 2 left lung.
+Only numpy/scipy here so the viewer can use it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+BACKGROUND, RIGHT_LUNG, LEFT_LUNG = 0, 1, 2
+LABEL_NAMES = {RIGHT_LUNG: "right lung", LEFT_LUNG: "left lung"}
+
+# A component smaller than this fraction of the largest one is treated as noise, not a lung.
+MIN_SECOND_FRACTION = 0.10
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    return ndimage.binary_fill_holes(mask)
+
+
+def clean_binary(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Threshold, keep the (up to) two largest 8-connected components, fill holes."""
+    binary = np.asarray(prob) > threshold
+    lab, n = ndimage.label(binary, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros(binary.shape, bool)
+    sizes = np.bincount(lab.ravel())[1:]
+    order = np.argsort(sizes)[::-1]
+    keep = [order[0] + 1]
+    if n > 1 and sizes[order[1]] >= MIN_SECOND_FRACTION * sizes[order[0]]:
+        keep.append(order[1] + 1)
+    out = np.zeros(binary.shape, bool)
+    for k in keep:
+        out |= _fill_holes(lab == k)
+    return out
+
+
+def _midline(mask: np.ndarray) -> int:
+    """Column that splits a merged lung blob: the least-filled column near the mask centre."""
+    cols = np.nonzero(mask.any(axis=0))[0]
+    lo, hi = int(cols.min()), int(cols.max())
+    centre = (lo + hi) / 2
+    span = max(1, int(0.15 * (hi - lo + 1)))
+    window = np.arange(max(lo, int(centre) - span), min(hi, int(centre) + span) + 1)
+    counts = mask[:, window].sum(axis=0)
+    return int(window[np.argmin(counts)])
+
+
+def split_lungs(mask: np.ndarray) -> np.ndarray:
+    """Binary lung mask -> labels (1 = patient's right = image left, 2 = left = image right).
+
+    Two components: each labelled by its centroid column. One component: if it straddles
+    the image centre (merged lungs) it is cut at the thinnest column near its middle;
+    otherwise it is a single lung, named by which half of the image it lies in.
+    """
+    mask = np.asarray(mask, bool)
+    labels = np.zeros(mask.shape, np.uint8)
+    if not mask.any():
+        return labels
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    width = mask.shape[1]
+    if n >= 2:
+        sizes = np.bincount(lab.ravel())[1:]
+        a, b = (np.argsort(sizes)[::-1][:2] + 1).tolist()
+        ca = np.nonzero(lab == a)[1].mean()
+        cb = np.nonzero(lab == b)[1].mean()
+        right, left = (a, b) if ca < cb else (b, a)
+        labels[lab == right] = RIGHT_LUNG
+        labels[lab == left] = LEFT_LUNG
+        return labels
+    cols = np.nonzero(mask.any(axis=0))[0]
+    lo, hi = cols.min(), cols.max()
+    centre = width / 2
+    if lo < centre < hi and (hi - lo) > 0.4 * width:
+        cut = _midline(mask)
+        labels[:, :cut][mask[:, :cut]] = RIGHT_LUNG
+        labels[:, cut:][mask[:, cut:]] = LEFT_LUNG
+        return labels
+    cx = np.nonzero(mask)[1].mean()
+    labels[mask] = RIGHT_LUNG if cx < centre else LEFT_LUNG
+    return labels
+
+
+def lung_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Probability map -> cleaned label mask (0/1/2), same shape as ``prob``."""
+    return split_lungs(clean_binary(prob, threshold))

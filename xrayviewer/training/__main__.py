@@ -1,0 +1,188 @@
+"""``python -m xrayviewer.training``: split, train, evaluate and export the bundled models.
+
+Typical full run of the lung model (see README "Lung model")::
+
+    python -m xrayviewer.training split --out runs/split.json
+    python -m xrayviewer.training train-lung --split runs/split.json --out runs/unet --variant unet
+    python -m xrayviewer.training evaluate-lung --split runs/split.json --run runs/unet
+    python -m xrayviewer.training export-lung --split runs/split.json --run runs/unet
+
+and of the opacity generator (README "Opacity model"): ``train-opacity`` (``--variant pix2pix``
+and ``--variant unet`` for the with/without-critic comparison), ``evaluate-opacity``,
+``export-opacity --run <pix2pix run> --compare <unet run>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from . import classifier_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+
+log = logging.getLogger("xrayviewer.training")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("XRAYVIEWER_DATA_DIR", DEFAULT_DATA)),
+                   help="root of the data bundle (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="cap images per source / split folder (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m xrayviewer.training", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("split", help="write a deterministic, patient-disjoint split file")
+    _common(p)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "split.json")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+
+    p = sub.add_parser("train-lung", help="train the lung-field U-Net")
+    _common(p)
+    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--variant", choices=("unet", "resunet"), default="unet")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="override (smoke runs)")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on an evenly spaced fraction of the training images")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 policy")
+
+    p = sub.add_parser("evaluate-lung", help="metrics on COVID-QU-Ex val + GeneralBlockchain, latency")
+    _common(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+
+    p = sub.add_parser("export-lung", help="write models/<name>/ with weights and card.json")
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, help="run to bundle")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other evaluated runs")
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="lung_unet")
+    p.add_argument("--version", default="1.0.0")
+    _add_opacity_parsers(sub)
+    classifier_cli.add_parsers(sub, _common, REPO_ROOT)
+    return ap
+
+
+def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
+    """train-opacity / evaluate-opacity / export-opacity (README "Opacity model")."""
+    p = sub.add_parser("train-opacity", help="train the opacity generator (pix2pix or plain U-Net)")
+    _common(p)
+    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--variant", choices=("pix2pix", "unet"), default="pix2pix",
+                   help="pix2pix = generator + patch critic; unet = same generator, no critic")
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--base-filters", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--critic-filters", type=int, default=16)
+    p.add_argument("--critic-blocks", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--d-lr", type=float, default=2e-4, help="critic learning rate")
+    p.add_argument("--adv-weight", type=float, default=0.05, help="weight of the adversarial term")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="override (smoke runs)")
+    p.add_argument("--train-fraction", type=float, default=1.0)
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 policy")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm-start the generator from a saved U-Net with the same layout "
+                        "(e.g. models/lung_unet/lung_unet.keras); layers are matched by name and shape")
+
+    p = sub.add_parser("evaluate-opacity", help="COVID-QU-Ex val per class + GeneralBlockchain GGO, latency")
+    _common(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--min-region-fraction", type=float, default=0.001,
+                   help="smallest reported region, as a fraction of the image area")
+    p.add_argument("--lung", choices=("auto", "model", "truth"), default="auto",
+                   help="lung field for the constraint: bundled lung model, dataset masks, or "
+                        "the model when bundled (default)")
+    p.add_argument("--models-dir", type=Path, default=None, help="where the lung model is bundled")
+
+    p = sub.add_parser("export-opacity", help="write models/<name>/ (generator only) with card.json")
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, help="evaluated run to bundle")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other evaluated runs")
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="opacity_generator")
+    p.add_argument("--version", default="1.0.0")
+
+
+def _run_opacity(args: argparse.Namespace, command: str) -> int:
+    from . import opacity_task
+
+    if args.cmd == "train-opacity":
+        opacity_task.train(args.data_dir, args.split, args.out, variant=args.variant,
+                           input_size=args.input_size, base_filters=args.base_filters, depth=args.depth,
+                           critic_filters=args.critic_filters, critic_blocks=args.critic_blocks,
+                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, d_lr=args.d_lr,
+                           adv_weight=args.adv_weight, seed=args.seed, max_images=args.max_images,
+                           steps_per_epoch=args.steps_per_epoch, train_fraction=args.train_fraction,
+                           mixed_precision=args.mixed_precision, command=command,
+                           init_from=args.init_from)
+    elif args.cmd == "evaluate-opacity":
+        opacity_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold,
+                              args.min_region_fraction, args.lung, args.models_dir)
+    elif args.cmd == "export-opacity":
+        opacity_task.export(args.run, args.models_dir, args.name, args.compare, args.version, args.split)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "python -m xrayviewer.training " + shlex.join(argv)
+    if args.cmd == "split":
+        from .datasets import read_all
+        from .splits import make_split, write_split
+
+        records = read_all(args.data_dir, max_images=args.max_images)
+        split = make_split(records, args.data_dir, args.seed, args.val_fraction)
+        split["command"] = command
+        write_split(split, args.out)
+        log.info("wrote %s", args.out)
+        return 0
+    if args.cmd.endswith("-opacity"):
+        return _run_opacity(args, command)
+    if args.cmd in classifier_cli.COMMANDS:
+        return classifier_cli.run(args, command)
+    from . import lung_task
+
+    if args.cmd == "train-lung":
+        lung_task.train(args.data_dir, args.split, args.out, variant=args.variant,
+                        input_size=args.input_size, base_filters=args.base_filters,
+                        depth=args.depth, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, seed=args.seed, max_images=args.max_images,
+                        steps_per_epoch=args.steps_per_epoch, train_fraction=args.train_fraction,
+                        mixed_precision=args.mixed_precision, command=command)
+    elif args.cmd == "evaluate-lung":
+        lung_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold)
+    elif args.cmd == "export-lung":
+        lung_task.export(args.run, args.models_dir, args.name, args.compare, args.version, args.split)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

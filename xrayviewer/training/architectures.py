@@ -1,0 +1,75 @@
+"""Segmentation architectures: a plain U-Net and a residual U-Net.
+
+Both are deliberately small (tens to hundreds of thousands of parameters, a few MB on
+disk) because they must train on a 2-core CPU and run interactively in the viewer. The
+final 1x1 sigmoid is forced to float32 so a mixed-precision policy never produces bf16
+probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import keras
+from keras import layers
+
+Variant = Literal["unet", "resunet"]
+
+
+def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    """Two 3x3 conv + BN + ReLU (the classic U-Net stage)."""
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _res_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    """Pre-activation residual stage with a 1x1 projection shortcut when widths differ."""
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{name}_proj")(x)
+    y = x
+    for i in (1, 2):
+        y = layers.BatchNormalization(name=f"{name}_bn{i}")(y)
+        y = layers.Activation("relu", name=f"{name}_relu{i}")(y)
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(y)
+    return layers.Add(name=f"{name}_add")([shortcut, y])
+
+
+def build_unet(
+    input_size: int = 256,
+    base_filters: int = 16,
+    depth: int = 4,
+    variant: Variant = "unet",
+    name: str | None = None,
+) -> keras.Model:
+    """Build a U-Net (``variant='unet'``) or residual U-Net (``'resunet'``).
+
+    Output: (H, W, 1) float32 sigmoid probability of "lung field" per pixel.
+    ``input_size`` must be divisible by ``2**depth``.
+    """
+    if input_size % (2**depth):
+        raise ValueError(f"input_size {input_size} not divisible by 2**{depth}")
+    block = _conv_block if variant == "unet" else _res_block
+    inp = keras.Input((input_size, input_size, 1), name="image")
+    x = inp
+    if variant == "resunet":
+        x = layers.Conv2D(base_filters, 3, padding="same", use_bias=False, name="stem")(x)
+    skips = []
+    for level in range(depth):
+        x = block(x, base_filters * 2**level, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = block(x, base_filters * 2**depth, "bottleneck")
+    for level in reversed(range(depth)):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}")(x)
+        x = layers.Conv2D(base_filters * 2**level, 1, padding="same", name=f"up{level}_proj")(x)
+        x = layers.Concatenate(name=f"cat{level}")([x, skips[level]])
+        x = block(x, base_filters * 2**level, f"dec{level}")
+    if variant == "resunet":
+        x = layers.BatchNormalization(name="head_bn")(x)
+        x = layers.Activation("relu", name="head_relu")(x)
+    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lung_prob")(x)
+    return keras.Model(inp, out, name=name or f"lung_{variant}")

@@ -1,0 +1,363 @@
+"""Train, evaluate and export the lung-field segmentation model.
+
+A *run directory* holds everything one training produced: ``model.keras`` (best epoch by
+validation Dice), ``history.csv``, ``train_meta.json`` and, after evaluation,
+``eval/summary.json`` plus per-image CSVs. ``export`` turns a run into ``models/<name>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import platform
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..lung import predict_probabilities
+from ..modelstore import sha256_file
+from ..postprocess import clean_binary, lung_labels
+from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
+from .metrics import aggregate, segmentation_metrics
+from .splits import read_split, rel_key, select
+
+log = logging.getLogger(__name__)
+
+WEAK_CHECK_N = 48
+MODEL_FILE = "model.keras"
+
+
+# ---------------------------------------------------------------- helpers
+def hardware_info() -> dict[str, Any]:
+    """What the card records about the machine (``2-core CPU, no GPU`` here)."""
+    import os
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception:  # noqa: BLE001
+        gpus = []
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"summary": f"{ncpu}-core CPU, " + (f"GPU {gpus}" if gpus else "no GPU"),
+            "cpu_model": cpu, "cpu_cores": ncpu, "gpus": gpus,
+            "platform": platform.platform()}
+
+
+def library_versions() -> dict[str, str]:
+    import cv2
+    import keras
+    import scipy
+    import tensorflow as tf
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "scipy": scipy.__version__}
+
+
+def lung_records(data_dir: Path, split: dict, which: str, max_images: int | None) -> list[Record]:
+    recs = [r for r in read_all(data_dir, ("covid-qu-ex",), max_images) if r.lung_mask]
+    return select(recs, split, which, data_dir)
+
+
+# ---------------------------------------------------------------- train
+def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_size: int,
+          base_filters: int, depth: int, epochs: int, batch_size: int, lr: float, seed: int,
+          max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
+          mixed_precision: bool, command: str) -> dict:
+    """Train one variant; writes ``model.keras``, ``history.csv``, ``train_meta.json``."""
+    import keras
+
+    from .architectures import build_unet
+    from .pipeline import dice_bce_loss, dice_coef, load_arrays, make_dataset
+
+    keras.utils.set_random_seed(seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out.mkdir(parents=True, exist_ok=True)
+    split = read_split(split_file)
+    train_recs = lung_records(data_dir, split, "train", max_images)
+    val_recs = lung_records(data_dir, split, "val", max_images)
+    if train_fraction < 1.0:
+        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
+    if not train_recs or not val_recs:
+        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
+    t0 = time.time()
+    xtr, ytr = load_arrays(train_recs, input_size)
+    xva, yva = load_arrays(val_recs, input_size)
+    log.info("loaded %d train / %d val arrays in %.1fs", len(xtr), len(xva), time.time() - t0)
+    steps = steps_per_epoch or max(1, math.ceil(len(xtr) / batch_size))
+    model = build_unet(input_size, base_filters, depth, variant)  # type: ignore[arg-type]
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss,
+                  metrics=[dice_coef])
+    ckpt = out / MODEL_FILE
+    callbacks = [
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+        keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_dice_coef", mode="max",
+                                        save_best_only=True),
+    ]
+    t1 = time.time()
+    hist = model.fit(make_dataset(xtr, ytr, batch_size, True, seed), epochs=epochs,
+                     steps_per_epoch=steps, validation_data=make_dataset(xva, yva, 16, False),
+                     callbacks=callbacks, verbose=2, shuffle=False)  # shuffled in tf.data
+    train_s = time.time() - t1
+    if not ckpt.is_file():  # NaN metric etc.: keep the last weights rather than nothing
+        model.save(ckpt)
+    meta = {
+        "variant": variant, "architecture": f"{variant} depth {depth} base {base_filters}",
+        "input_size": input_size, "base_filters": base_filters, "depth": depth,
+        "params": int(model.count_params()), "epochs": epochs, "batch_size": batch_size,
+        "steps_per_epoch": steps, "lr": lr, "lr_schedule": "cosine decay to 5%",
+        "seed": seed, "max_images": max_images, "train_fraction": train_fraction,
+        "mixed_precision": mixed_precision, "loss": "Dice + BCE",
+        "augmentation": "rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, "
+                        "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip",
+        "n_train": len(xtr), "n_val": len(xva), "split_file": str(split_file),
+        "split_counts": split.get("counts"), "n_excluded_near_duplicates": len(split.get("excluded", [])),
+        "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.time() - t0, 1),
+        "steps_per_s": round(epochs * steps / train_s, 3),
+        "best_val_soft_dice_model_res": float(max(hist.history.get("val_dice_coef", [math.nan]))),
+        "command": command, "hardware": hardware_info(), "library_versions": library_versions(),
+    }
+    (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("trained %s in %.0fs (%.2f steps/s)", variant, train_s, meta["steps_per_s"])
+    return meta
+
+
+# ---------------------------------------------------------------- evaluate
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def evaluate_model(model: Any, input_size: int, records: list[Record], data_dir: Path,
+                   threshold: float = 0.5) -> list[dict]:
+    """Per-image metrics at each image's full resolution after the app's postprocessing."""
+    rows: list[dict] = []
+    batch = 32
+    for start in range(0, len(records), batch):
+        chunk = records[start:start + batch]
+        imgs = [read_gray(r.image) for r in chunk]
+        probs = predict_probabilities(model, imgs, input_size)
+        for r, p in zip(chunk, probs):
+            truth = read_mask(r.lung_mask)
+            if truth.shape != p.shape:  # defensive: masks are documented as image-sized
+                from ..preprocessing import resize
+
+                p = resize(p, truth.shape)
+            pred = clean_binary(p, threshold)
+            m = segmentation_metrics(pred, truth)
+            rows.append({"image": rel_key(r, data_dir), "label": r.label or "",
+                         **{k: round(v, 5) for k, v in m.items()}})
+    return rows
+
+
+def weak_check_sample(val_recs: list[Record], data_dir: Path, n: int = WEAK_CHECK_N) -> list[str]:
+    """A fixed, class-spread sample of COVID-QU-Ex val images (relative paths)."""
+    keys = sorted(rel_key(r, data_dir) for r in val_recs if r.source == "covid-qu-ex")
+    return _spread(keys, n)
+
+
+def measure_latency(model: Any, input_size: int, image: np.ndarray, threshold: float,
+                    repeats: int = 30) -> dict[str, float]:
+    """Wall time of the app path (preprocess + model + resize back + postprocess), 1 image."""
+    for _ in range(3):
+        lung_labels(predict_probabilities(model, [image], input_size)[0], threshold)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        lung_labels(predict_probabilities(model, [image], input_size)[0], threshold)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(times), 2),
+            "p90_ms": round(float(np.percentile(times, 90)), 2),
+            "image_shape": list(image.shape), "repeats": repeats}
+
+
+def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None,
+             threshold: float = 0.5) -> dict:
+    """Evaluate a run on COVID-QU-Ex val and the GeneralBlockchain masks; write eval/."""
+    import keras
+
+    meta = json.loads((run / "train_meta.json").read_text())
+    size = int(meta["input_size"])
+    model = keras.saving.load_model(run / MODEL_FILE, compile=False)
+    split = read_split(split_file)
+    val_recs = lung_records(data_dir, split, "val", max_images)
+    t0 = time.time()
+    val_rows = evaluate_model(model, size, val_recs, data_dir, threshold)
+    log.info("val: %d images in %.1fs", len(val_rows), time.time() - t0)
+    sample = set(weak_check_sample(val_recs, data_dir))
+    weak_rows = [r for r in val_rows if r["image"] in sample]
+
+    gb = [r for r in read_all(data_dir, ("generalblockchain",), max_images) if r.lung_mask]
+    gb_rows = evaluate_model(model, size, gb, data_dir, threshold) if gb else []
+    # Flag GB images that are near-duplicates of a COVID-QU-Ex *training* image (leakage).
+    train_recs = lung_records(data_dir, split, "train", max_images)
+    if gb and train_recs:
+        fp_gb = np.stack([fingerprint(read_gray(r.image)) for r in gb])
+        fp_tr = np.stack([fingerprint(read_gray(r.image)) for r in train_recs])
+        in_train = (fp_gb @ fp_tr.T > 0.98).any(axis=1)
+        for row, flag in zip(gb_rows, in_train):
+            row["near_duplicate_of_train"] = int(flag)
+    unseen = [r for r in gb_rows if not r.get("near_duplicate_of_train")]
+
+    probe = read_gray(val_recs[0].image)
+    latency = measure_latency(model, size, probe, threshold)
+    summary = {
+        "run": str(run), "threshold": threshold, "input_size": size,
+        "covid_qu_ex_val": aggregate(val_rows),
+        "covid_qu_ex_val_by_class": {
+            c: aggregate([r for r in val_rows if r["label"] == c])
+            for c in sorted({r["label"] for r in val_rows})},
+        "weak_check": {"n": len(weak_rows), "images": sorted(sample),
+                       "dice_mean": float(np.mean([r["dice"] for r in weak_rows])) if weak_rows else math.nan},
+        "generalblockchain_all": aggregate(gb_rows),
+        "generalblockchain_not_in_train": aggregate(unseen),
+        "latency_cpu": latency,
+    }
+    ev = run / "eval"
+    _write_csv(ev / "metrics_covid_qu_ex_val.csv", val_rows)
+    _write_csv(ev / "metrics_generalblockchain.csv", gb_rows)
+    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+    v = summary["covid_qu_ex_val"]
+    log.info("%s: val Dice %.4f IoU %.4f HD95 %.2f | GB Dice %.4f | latency %.1f ms",
+             run.name, v["dice"]["mean"], v["iou"]["mean"], v["hd95"]["mean"],
+             summary["generalblockchain_all"].get("dice", {}).get("mean", math.nan),
+             latency["median_ms"])
+    return summary
+
+
+# ---------------------------------------------------------------- export
+def _short(summary: dict, meta: dict) -> dict:
+    v, g = summary["covid_qu_ex_val"], summary["generalblockchain_all"]
+    return {
+        "architecture": meta["architecture"], "params": meta["params"],
+        "input_size": meta["input_size"], "epochs": meta["epochs"], "n_train": meta["n_train"],
+        "train_wall_time_s": meta["train_wall_time_s"],
+        "val_dice": round(v["dice"]["mean"], 4), "val_iou": round(v["iou"]["mean"], 4),
+        "val_hd95_px": round(v["hd95"]["mean"], 2),
+        "gb_dice": round(g["dice"]["mean"], 4) if g.get("n") else None,
+        "latency_ms_median": summary["latency_cpu"]["median_ms"],
+    }
+
+
+def plot_history(runs: list[Path], out_png: Path) -> None:
+    """Loss and val-Dice curves of one or more runs in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, run in enumerate(runs):
+        with open(run / "history.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        meta = json.loads((run / "train_meta.json").read_text())
+        # x = optimiser steps, so runs with different epoch lengths compare at equal compute
+        steps = [(int(r["epoch"]) + 1) * int(meta["steps_per_epoch"]) for r in rows]
+        name, colour = meta["variant"], f"C{i}"
+        ax1.plot(steps, [float(r["loss"]) for r in rows], color=colour, label=f"{name} train")
+        ax1.plot(steps, [float(r["val_loss"]) for r in rows], "--", color=colour, label=f"{name} val")
+        ax2.plot(steps, [float(r["val_dice_coef"]) for r in rows], "o-", color=colour, label=f"{name} val")
+    ax1.set(xlabel="training steps (batch 16)", ylabel="Dice + BCE loss", title="loss")
+    ax2.set(xlabel="training steps (batch 16)", ylabel="soft Dice (model resolution)", title="validation Dice")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def export(run: Path, models_dir: Path, name: str, compare: list[Path], version: str,
+           split_file: Path) -> Path:
+    """Write ``models/<name>/``: weights, card.json (sha256 of the written file), PNG, CSV."""
+    meta = json.loads((run / "train_meta.json").read_text())
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    dest = models_dir / name
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = dest / f"{name}.keras"
+    import keras
+
+    # Re-save without the optimizer state (the checkpoint carries Adam moments: 3x the size).
+    keras.saving.load_model(run / MODEL_FILE, compile=False).save(weights)
+    shutil.copyfile(run / "eval" / "metrics_covid_qu_ex_val.csv", dest / "val_metrics.csv")
+    if (run / "eval" / "metrics_generalblockchain.csv").is_file():
+        shutil.copyfile(run / "eval" / "metrics_generalblockchain.csv", dest / "generalblockchain_metrics.csv")
+    plot_history([run, *compare], dest / "loss_curves.png")
+    comparison = {meta["variant"]: _short(summary, meta)}
+    for c in compare:
+        cm = json.loads((c / "train_meta.json").read_text())
+        cs = json.loads((c / "eval" / "summary.json").read_text())
+        comparison[cm["variant"]] = _short(cs, cm)
+    split = read_split(split_file)
+    v = summary["covid_qu_ex_val"]
+    card = {
+        "name": name, "version": version, "task": "lung-field segmentation",
+        "architecture": meta["architecture"], "params": meta["params"],
+        "input_size": meta["input_size"],
+        "preprocessing": "xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, "
+                         "squash-resize (area) to input_size x input_size, shape (S, S, 1)",
+        "output": "sigmoid probability of visible (aerated) lung field per pixel, (S, S, 1) "
+                  "float32; resized back to the image with mask_to_full_resolution, then "
+                  "thresholded, two largest components kept, holes filled, split right/left",
+        "threshold": 0.5,
+        "labels": {"0": "background", "1": "right lung (image left)", "2": "left lung (image right)"},
+        "mask_convention": "COVID-QU-Ex: visible lung fields, excludes heart/mediastinum and "
+                           "lung behind the heart or below the diaphragm dome",
+        "training_data": {
+            "source": "COVID-QU-Ex Infection Segmentation Data (lung masks), shared/data/covid-qu-ex",
+            "train": "Train folder minus near-duplicates of Val images",
+            "validation": "Val folder (dataset's own split)", "n_train": meta["n_train"],
+            "n_val": meta["n_val"], "train_fraction": meta["train_fraction"],
+            "split_seed": split.get("seed"),
+            "n_excluded_near_duplicates": len(split.get("excluded", [])),
+            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": meta["epochs"],
+            "batch_size": meta["batch_size"], "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}",
+            "mixed_precision": meta["mixed_precision"],
+        },
+        "metrics": {
+            "covid_qu_ex_val": v, "covid_qu_ex_val_by_class": summary["covid_qu_ex_val_by_class"],
+            "generalblockchain_all": summary["generalblockchain_all"],
+            "generalblockchain_not_in_train": summary["generalblockchain_not_in_train"],
+            "note": "full-resolution masks after postprocessing; HD95 in pixels of the 256x256 "
+                    "COVID-QU-Ex images / GB images (long side <= 512); GB masks include the "
+                    "whole anatomical lung, so lower Dice there is expected",
+        },
+        "weak_check": summary["weak_check"],
+        "latency_cpu": summary["latency_cpu"],
+        "comparison": comparison,
+        "training_command": meta["command"],
+        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
+        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
+        "weights_file": weights.name, "sha256": sha256_file(weights),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    card["training_data"]["split_command"] = split.get("command")
+    notes = run / "notes.json"  # free-form facts about the run (benchmarks, caveats)
+    if notes.is_file():
+        card["notes"] = json.loads(notes.read_text())
+    (dest / "card.json").write_text(json.dumps(card, indent=1))
+    log.info("exported %s (val Dice %.4f) to %s", name, v["dice"]["mean"], dest)
+    return dest
