@@ -50,13 +50,16 @@ class ResultsPanel(ttk.Frame):
         top = result.predicted_class or "?"
         self.verdict.configure(text=f"In domain. Highest score: {top}", foreground="#1b5e20")
         self._draw_bars(result)
-        inv = result.involvement_pct or {}
-        lines = [
-            "Opacity involvement (% of lung area):",
-            f"  right lung {inv.get('right', 0):.1f} %   left lung {inv.get('left', 0):.1f} %",
-            f"  total {inv.get('total', 0):.1f} %   severity: {result.severity}",
-            f"Opacity regions: {len(result.regions)}",
-        ]
+        inv = result.involvement_pct
+        if inv is None:
+            lines = ["Opacity: not available (the opacity model is not installed in this build)."]
+        else:
+            lines = [
+                "Opacity involvement (% of lung area):",
+                f"  right lung {inv.get('right', 0):.1f} %   left lung {inv.get('left', 0):.1f} %",
+                f"  total {inv.get('total', 0):.1f} %   severity: {result.severity}",
+                f"Opacity regions: {len(result.regions)}",
+            ]
         op = (result.operating_point or {}).get("COVID-19")
         if op is not None:
             flag = "above" if result.covid_positive else "below"

@@ -32,10 +32,27 @@ from .result import AnalysisResult, GateVerdict, ModelInfo
 log = logging.getLogger(__name__)
 
 def model_names() -> tuple[str, ...]:
-    """The bundled models the pipeline needs, in pipeline order (names owned by each module)."""
+    """The bundled models the pipeline uses, in pipeline order (names owned by each module)."""
     from .. import classifier, gate, lung, opacity
 
     return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
+
+
+def optional_model_names() -> tuple[str, ...]:
+    """Models whose absence (no card at all) only disables their stage, with a warning on
+    every result. A present but damaged model is always an error."""
+    from .. import opacity
+
+    return (opacity.MODEL_NAME,)
+
+
+def _bundled(name: str, root: Path | None) -> bool:
+    from ..modelstore import CARD_FILE, models_dir
+
+    return ((root or models_dir()) / name / CARD_FILE).is_file()
+
+
+OPACITY_MISSING = "opacity model not installed in this build: no opacity map, involvement or severity"
 STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities")
 
 
@@ -71,6 +88,8 @@ class Analyzer:
 
             infos = []
             for name in model_names():
+                if name in optional_model_names() and not _bundled(name, self.models_root):
+                    continue
                 card = read_card(name, self.models_root)
                 infos.append(ModelInfo(card.name, str(card.version), card.sha256))
             self._infos = tuple(infos)
@@ -81,6 +100,10 @@ class Analyzer:
 
     @property
     def loaded(self) -> bool:
+        return self._classifier is not None
+
+    @property
+    def has_opacity(self) -> bool:
         return self._opacity is not None
 
     def load(self, progress: ProgressFn | None = None) -> None:
@@ -96,13 +119,19 @@ class Analyzer:
         report(progress, STAGES[0], 0.0)
         self.model_infos()  # fail early, with the card's file name, if one is missing
         self.device = configure_device(self.device_preference)
-        self._gate = DomainGate(models_root=self.models_root)
+        gate = DomainGate(models_root=self.models_root)
         report(progress, STAGES[0], 0.25)
-        self._lung = LungSegmenter(models_root=self.models_root)
+        lung = LungSegmenter(models_root=self.models_root)
         report(progress, STAGES[0], 0.5)
-        self._classifier = DiseaseClassifier(models_root=self.models_root, lung_segmenter=self._lung)
+        opacity = None
+        if _bundled(optional_model_names()[0], self.models_root):
+            opacity = OpacityDetector(models_root=self.models_root)
+        else:
+            log.warning(OPACITY_MISSING)
         report(progress, STAGES[0], 0.75)
-        self._opacity = OpacityDetector(models_root=self.models_root)
+        classifier = DiseaseClassifier(models_root=self.models_root, lung_segmenter=lung)
+        # Assigned together, last: a failure above leaves the Analyzer unloaded, not half-loaded.
+        self._gate, self._lung, self._opacity, self._classifier = gate, lung, opacity, classifier
         report(progress, STAGES[0], 1.0)
         log.info("models loaded on %s", self.device)
 
@@ -189,7 +218,7 @@ class Analyzer:
         report(progress, STAGES[4], 0.75)
         t = time.perf_counter()
         opac: dict[int, Any] = {}
-        if accepted:
+        if accepted and self._opacity is not None:
             for i, res in zip(accepted, self._opacity.analyze_batch([grays[i] for i in accepted],
                                                                     [lungs[i].labels for i in accepted])):
                 opac[i] = res
@@ -205,9 +234,11 @@ class Analyzer:
                 lung = lungs.get(i)
                 out.append(AnalysisResult(gate=verdicts[i], lung_labels=lung.labels if lung else None, **base))
                 continue
-            cls, op, lung = scores[i], opac[i], lungs[i]
+            cls, op, lung = scores[i], opac.get(i), lungs[i]
             gate_scores = {k: float(v) for k, v in zip(("p_frontal", "p_lateral", "p_other"), gate_probs[i])}
             probs = {c: float(p) for c, p in zip(cls.labels, cls.probabilities)}
+            if op is None:
+                base["warnings"] = tuple(base["warnings"]) + (OPACITY_MISSING,)
             out.append(AnalysisResult(
                 gate=GateVerdict(True, "ok", "Frontal chest X-ray within the training domain.", gate_scores),
                 probabilities=probs,
@@ -216,11 +247,11 @@ class Analyzer:
                 covid_positive=cls.flagged.get("COVID-19"),
                 heatmap=cls.heatmap,
                 lung_labels=lung.labels,
-                opacity_probability=op.probability,
-                opacity_mask=op.mask,
-                regions=tuple(op.regions),
-                involvement_pct=dict(op.involvement_pct),
-                severity=op.grade,
+                opacity_probability=op.probability if op else None,
+                opacity_mask=op.mask if op else None,
+                regions=tuple(op.regions) if op else (),
+                involvement_pct=dict(op.involvement_pct) if op else None,
+                severity=op.grade if op else None,
                 **base,
             ))
         return out
@@ -238,6 +269,8 @@ def require_models(models_root: Path | None = None) -> list[str]:
 
     bad = []
     for name in model_names():
+        if name in optional_model_names() and not _bundled(name, models_root):
+            continue
         try:
             verify_weights(read_card(name, models_root))
         except ModelError as exc:

@@ -119,7 +119,7 @@ class AnalysisResult:
             "involvement_left_pct": r(inv.get("left"), 2),
             "involvement_total_pct": r(inv.get("total"), 2),
             "severity": self.severity or "",
-            "opacity_regions": len(self.regions) if self.gate.accepted else None,
+            "opacity_regions": len(self.regions) if self.involvement_pct is not None else None,
             "seconds": round(self.total_seconds, 4),
             "models": self.models_label(),
             "input_sha256": self.input_sha256,

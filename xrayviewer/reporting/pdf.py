@@ -177,6 +177,10 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
                      else "-", f"{op:.2f}" if op is not None else "-", flag), widths)
         inv = r.involvement_pct or {}
         doc.heading("Opacity and lung involvement")
+    if r.gate.accepted and r.involvement_pct is None:
+        p.multi_cell(0, 4.6, "Not available: the opacity model is not installed in this build.",
+                     new_x="LMARGIN", new_y="NEXT")
+    elif r.gate.accepted:
         widths = (52, 30, 30, 30)
         doc.row(("", "Right lung", "Left lung", "Both lungs"), widths, bold=True)
         doc.row(("Involvement (% of lung area)", f"{inv.get('right', 0):.1f} %", f"{inv.get('left', 0):.1f} %",
