@@ -1017,7 +1017,10 @@ def run(paths: list[str] | None = None, *, settings_path: Path | None = None) ->
         log.error("cannot open a window (%s). Is there a display? Use the command line instead: xrayviewer --help", exc)
         return 2
     try:
-        icon = Path(__file__).resolve().parents[2] / "assets" / "icon.png"
+        import sys
+
+        base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parents[2]))
+        icon = base / "assets" / "icon.png"
         if icon.is_file():
             root.iconphoto(True, tk.PhotoImage(file=str(icon), master=root))
     except tk.TclError:
