@@ -1,0 +1,253 @@
+"""Ground-glass / consolidation opacity: probability map, regions, lung involvement, grade.
+
+Two layers, so the figures can be computed (and tested) without TensorFlow:
+
+* :func:`analyze_probability` -- pure numpy/scipy. Takes a full-resolution opacity
+  probability map and the lung label mask from :mod:`xrayviewer.lung` (0 background,
+  1 patient's right lung = image left, 2 left lung) and returns a frozen
+  :class:`OpacityResult`.
+* :class:`OpacityDetector` -- loads the bundled generator (``models/opacity_generator``,
+  verified against its card) and feeds it exactly the training preprocessing.
+
+Definitions (also in the model card and README, "Opacity model"):
+
+* The probability map and the mask are restricted to the lung field: opacity outside
+  the lungs is not reported (the training masks -- COVID-QU-Ex "infection" -- lie inside
+  the lung by construction).
+* A *region* is an 8-connected component of the thresholded mask whose area is at least
+  ``min_region_fraction`` of the image area (default 0.1 %, i.e. 66 px on a 256x256 film).
+  Smaller specks are dropped from the mask too, so the regions, the mask and the
+  involvement figures always agree.
+* Involvement of a lung = opacity pixels inside that lung / that lung's pixels x 100;
+  total = all opacity pixels / all lung pixels x 100. A lung with no pixels has 0 %.
+* Per-lung extent score 0-4, after the extent part of the RALE score (Warren et al.,
+  Thorax 2018): 0 no opacity region in that lung, 1 < 25 %, 2 25-50 %, 3 50-75 %,
+  4 >= 75 %. Total score = right + left (0-8).
+* Severity grade from the total involvement: ``none`` (no region), ``mild`` (< 25 %),
+  ``moderate`` (25-50 %), ``severe`` (>= 50 %). "none" is exactly "no region", which is
+  also how the false-positive rate on Normal films is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from . import modelstore
+from .postprocess import LEFT_LUNG, RIGHT_LUNG
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "opacity_generator"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_REGION_FRACTION = 0.001
+GRADES = ("none", "mild", "moderate", "severe")
+SIDE_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
+_EIGHT = np.ones((3, 3), bool)
+
+
+@dataclass(frozen=True)
+class OpacityRegion:
+    """One connected opacity region, in full-resolution pixel coordinates."""
+
+    bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive
+    area_px: int
+    side: str  # "right" / "left" (patient's side, by majority of the region's pixels)
+    mean_probability: float
+    centroid: tuple[float, float]  # (x, y)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox": list(self.bbox), "area_px": self.area_px, "side": self.side,
+                "mean_probability": round(self.mean_probability, 4),
+                "centroid": [round(c, 1) for c in self.centroid]}
+
+
+@dataclass(frozen=True)
+class OpacityResult:
+    """Opacity analysis of one image. Arrays are read-only, at the image's (rows, cols)."""
+
+    probability: np.ndarray  # float32 in [0, 1], zero outside the lung field
+    mask: np.ndarray  # bool, thresholded, inside the lung, specks below min area removed
+    regions: tuple[OpacityRegion, ...]
+    lung_area_px: dict[str, int]  # {"right", "left", "total"}
+    opacity_area_px: dict[str, int]  # {"right", "left", "total"}
+    involvement_pct: dict[str, float]  # {"right", "left", "total"} in [0, 100]
+    extent_score: dict[str, int]  # {"right", "left"} 0-4, {"total"} 0-8
+    grade: str  # one of GRADES
+    threshold: float
+    min_area_px: int
+
+    @property
+    def has_opacity(self) -> bool:
+        return bool(self.regions)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly figures (no arrays): reports, batch CSV, the GUI side panel."""
+        return {"grade": self.grade, "involvement_pct": dict(self.involvement_pct),
+                "extent_score": dict(self.extent_score),
+                "lung_area_px": dict(self.lung_area_px),
+                "opacity_area_px": dict(self.opacity_area_px),
+                "regions": [r.to_dict() for r in self.regions],
+                "threshold": self.threshold, "min_area_px": self.min_area_px}
+
+
+# ---------------------------------------------------------------- pure figures
+def extent_score(pct: float, has_opacity: bool) -> int:
+    """Per-lung extent score 0-4 (RALE-style quartiles; 0 only when there is no opacity)."""
+    if not has_opacity:
+        return 0
+    if pct < 25.0:
+        return 1
+    if pct < 50.0:
+        return 2
+    if pct < 75.0:
+        return 3
+    return 4
+
+
+def severity_grade(total_pct: float, has_opacity: bool) -> str:
+    """none (no region) / mild (< 25 %) / moderate (25-50 %) / severe (>= 50 %)."""
+    if not has_opacity:
+        return "none"
+    if total_pct < 25.0:
+        return "mild"
+    if total_pct < 50.0:
+        return "moderate"
+    return "severe"
+
+
+def min_area_px(shape: tuple[int, int], min_region_fraction: float) -> int:
+    """Minimum region area in pixels for an image of ``shape`` (at least 1)."""
+    return max(1, int(round(min_region_fraction * shape[0] * shape[1])))
+
+
+def involvement(mask: np.ndarray, lung_labels: np.ndarray) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+    """(lung areas, opacity areas inside each lung, involvement %) for a mask and lung labels."""
+    mask = np.asarray(mask, bool)
+    labels = np.asarray(lung_labels)
+    if mask.shape != labels.shape:
+        raise ValueError(f"mask {mask.shape} and lung labels {labels.shape} differ in shape")
+    lung: dict[str, int] = {}
+    opac: dict[str, int] = {}
+    for lab, side in SIDE_NAMES.items():
+        inside = labels == lab
+        lung[side] = int(np.count_nonzero(inside))
+        opac[side] = int(np.count_nonzero(mask & inside))
+    lung["total"] = lung["right"] + lung["left"]
+    opac["total"] = opac["right"] + opac["left"]
+    pct = {k: (100.0 * opac[k] / lung[k] if lung[k] else 0.0) for k in lung}
+    return lung, opac, pct
+
+
+def find_regions(mask: np.ndarray, lung_labels: np.ndarray, probability: np.ndarray,
+                 min_area: int) -> tuple[np.ndarray, tuple[OpacityRegion, ...]]:
+    """8-connected components of ``mask`` with area >= ``min_area``: (kept mask, regions).
+
+    Regions are sorted by area, largest first; bounding boxes are (x0, y0, x1, y1) with
+    exclusive ends, the same convention as array slicing.
+    """
+    mask = np.asarray(mask, bool)
+    lab, n = ndimage.label(mask, structure=_EIGHT)
+    kept = np.zeros(mask.shape, bool)
+    if n == 0:
+        return kept, ()
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    objects = ndimage.find_objects(lab)
+    regions: list[OpacityRegion] = []
+    for k in range(1, n + 1):
+        if sizes[k] < min_area:
+            continue
+        sl = objects[k - 1]
+        comp = lab[sl] == k
+        kept[sl] |= comp
+        sides = np.asarray(lung_labels)[sl][comp]
+        n_right = int(np.count_nonzero(sides == RIGHT_LUNG))
+        n_left = int(np.count_nonzero(sides == LEFT_LUNG))
+        ys, xs = np.nonzero(comp)
+        regions.append(OpacityRegion(
+            bbox=(int(sl[1].start), int(sl[0].start), int(sl[1].stop), int(sl[0].stop)),
+            area_px=int(sizes[k]),
+            side="right" if n_right >= n_left else "left",
+            mean_probability=float(np.asarray(probability)[sl][comp].mean()),
+            centroid=(float(xs.mean() + sl[1].start), float(ys.mean() + sl[0].start)),
+        ))
+    regions.sort(key=lambda r: -r.area_px)
+    return kept, tuple(regions)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+def analyze_probability(probability: np.ndarray, lung_labels: np.ndarray,
+                        threshold: float = DEFAULT_THRESHOLD,
+                        min_region_fraction: float = DEFAULT_MIN_REGION_FRACTION) -> OpacityResult:
+    """Full-resolution probability + lung labels (0/1/2) -> :class:`OpacityResult`.
+
+    Pure numpy/scipy: the evaluation in training and the tests call this directly, so the
+    figures the card reports are the figures the viewer shows.
+    """
+    prob = np.asarray(probability, dtype=np.float32)
+    if prob.ndim == 3 and prob.shape[-1] == 1:
+        prob = prob[..., 0]
+    labels = np.asarray(lung_labels)
+    if prob.ndim != 2 or prob.shape != labels.shape:
+        raise ValueError(f"probability {prob.shape} and lung labels {labels.shape} must be "
+                         "2-D arrays of the same shape")
+    lung = labels > 0
+    prob = np.where(lung, np.clip(np.nan_to_num(prob, nan=0.0), 0.0, 1.0), 0.0).astype(np.float32)
+    area = min_area_px(prob.shape, min_region_fraction)
+    mask, regions = find_regions(prob > threshold, labels, prob, area)
+    lung_px, opac_px, pct = involvement(mask, labels)
+    # Scored from the mask itself: a region spilling over the midline counts in both lungs.
+    scores = {side: extent_score(pct[side], opac_px[side] > 0) for side in ("right", "left")}
+    scores["total"] = scores["right"] + scores["left"]
+    return OpacityResult(
+        probability=_frozen(prob), mask=_frozen(mask), regions=regions,
+        lung_area_px=lung_px, opacity_area_px=opac_px, involvement_pct=pct,
+        extent_score=scores, grade=severity_grade(pct["total"], bool(regions)),
+        threshold=float(threshold), min_area_px=area,
+    )
+
+
+# ---------------------------------------------------------------- model
+class OpacityDetector:
+    """Loads the bundled opacity generator once (verified against its card)."""
+
+    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
+        self.model, self.card = modelstore.load_model(name, models_root)
+        self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
+                                                           DEFAULT_MIN_REGION_FRACTION))
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+        """Raw full-resolution probabilities (not yet restricted to the lung)."""
+        from .lung import predict_probabilities  # same code path as the lung model
+
+        for img in images:
+            if np.asarray(img).ndim != 2:
+                raise ValueError(f"expected 2-D grey images, got shape {np.asarray(img).shape}")
+        return predict_probabilities(self.model, images, self.input_size, batch_size)
+
+    def analyze_batch(self, images: Sequence[np.ndarray], lung_labels: Sequence[np.ndarray],
+                      batch_size: int = 8) -> list[OpacityResult]:
+        """Analyse display images (2-D, any size) given each one's full-resolution lung labels."""
+        if len(images) != len(lung_labels):
+            raise ValueError("one lung label mask per image is required")
+        probs = self.probabilities(images, batch_size)
+        return [analyze_probability(p, lab, self.card.threshold, self.min_region_fraction)
+                for p, lab in zip(probs, lung_labels)]
+
+    def analyze(self, image: np.ndarray, lung_labels: np.ndarray) -> OpacityResult:
+        """Analyse one display image given its full-resolution lung label mask (0/1/2)."""
+        return self.analyze_batch([image], [lung_labels])[0]

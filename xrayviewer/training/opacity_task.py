@@ -1,0 +1,726 @@
+"""Train, evaluate and export the opacity generator (pix2pix: U-Net generator + patch critic).
+
+Task: COVID-QU-Ex "infection" masks (opacity on COVID-19 films; all-zero masks on Normal and
+Non-COVID films, kept in training so the generator learns to answer "none").
+
+Two variants share the generator, the segmentation loss, the data and the schedule, so
+the comparison isolates the critic:
+
+* ``pix2pix`` -- generator loss = Dice + BCE + ``adv_weight`` x adversarial (non-saturating
+  BCE on the critic's patch logits); the critic is a PatchGAN of spectrally normalised
+  residual blocks that sees (image, mask) pairs, real or generated;
+* ``unet`` -- the same generator trained with Dice + BCE alone.
+
+A *run directory* holds ``model.keras`` (the generator only, best epoch by the validation
+selection score), ``history.csv``, ``train_meta.json`` and, after evaluation,
+``eval/summary.json`` plus per-image CSVs. ``export`` writes ``models/<name>/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..lung import predict_probabilities
+from ..modelstore import sha256_file
+from ..opacity import (DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES,
+                       analyze_probability, involvement)
+from ..postprocess import split_lungs
+from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
+from .lung_task import _write_csv, hardware_info, library_versions
+from .metrics import aggregate, segmentation_metrics
+from .splits import read_split, rel_key, select
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+VARIANTS = ("pix2pix", "unet")
+WEAK_CHECK_PER_CLASS = 8
+AUGMENTATION = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, brightness +-0.08, "
+                "gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip (xrayviewer.training.pipeline)")
+
+
+# ---------------------------------------------------------------- architectures
+def build_generator(input_size: int = 128, base_filters: int = 16, depth: int = 4,
+                    name: str = "opacity_generator") -> Any:
+    """U-Net generator (the classic two-conv stages of :mod:`.architectures`).
+
+    Output (H, W, 1) float32 sigmoid probability of opacity per pixel. Deterministic (no
+    dropout noise): for segmentation the conditional output should be a single answer.
+    """
+    import keras
+    from keras import layers
+
+    from .architectures import _conv_block
+
+    if input_size % (2**depth):
+        raise ValueError(f"input_size {input_size} not divisible by 2**{depth}")
+    inp = keras.Input((input_size, input_size, 1), name="image")
+    x = inp
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2**level, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    for level in reversed(range(depth)):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}")(x)
+        x = layers.Conv2D(base_filters * 2**level, 1, padding="same", name=f"up{level}_proj")(x)
+        x = layers.Concatenate(name=f"cat{level}")([x, skips[level]])
+        x = _conv_block(x, base_filters * 2**level, f"dec{level}")
+    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="opacity_prob")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def _sn_conv(filters: int, kernel: int, name: str, strides: int = 1) -> Any:
+    from keras import layers
+
+    return layers.SpectralNormalization(
+        layers.Conv2D(filters, kernel, strides=strides, padding="same", name=f"{name}_conv"),
+        name=f"{name}_sn")
+
+
+def _critic_res_block(x: Any, filters: int, name: str) -> Any:
+    """Residual down-sampling block (BigGAN-D style): LReLU-conv-LReLU-conv-avgpool + 1x1 shortcut."""
+    from keras import layers
+
+    y = layers.LeakyReLU(0.2, name=f"{name}_act1")(x)
+    y = _sn_conv(filters, 3, f"{name}_c1")(y)
+    y = layers.LeakyReLU(0.2, name=f"{name}_act2")(y)
+    y = _sn_conv(filters, 3, f"{name}_c2")(y)
+    y = layers.AveragePooling2D(2, name=f"{name}_pool")(y)
+    s = _sn_conv(filters, 1, f"{name}_sc")(x)
+    s = layers.AveragePooling2D(2, name=f"{name}_scpool")(s)
+    return layers.Add(name=f"{name}_add")([s, y])
+
+
+def build_critic(input_size: int = 128, base_filters: int = 16, n_blocks: int = 2,
+                 name: str = "opacity_critic") -> Any:
+    """PatchGAN critic: (image, mask) -> (S/2**(n+1), S/2**(n+1), 1) float32 real/fake logits.
+
+    A stride-2 4x4 stem (as in pix2pix) then residual down-sampling blocks, all spectrally
+    normalised (no batch norm, which would let the critic compare samples within a batch).
+    Each logit judges one patch of the pair (~40 px receptive field at 128 px input with two
+    blocks). The stride-2 stem matters on CPU: full-resolution critic convolutions, run
+    on real and generated pairs, cost more than the whole generator (measured 3x slower).
+    """
+    import keras
+    from keras import layers
+
+    if input_size % (2 ** (n_blocks + 1)):
+        raise ValueError(f"input_size {input_size} not divisible by 2**{n_blocks + 1}")
+    image = keras.Input((input_size, input_size, 1), name="image")
+    mask = keras.Input((input_size, input_size, 1), name="mask")
+    x = layers.Concatenate(name="pair")([image, mask])
+    x = _sn_conv(base_filters, 4, "stem", strides=2)(x)
+    for i in range(n_blocks):
+        x = _critic_res_block(x, base_filters * 2 ** min(i + 1, 3), f"block{i}")
+    x = layers.LeakyReLU(0.2, name="head_act")(x)
+    out = layers.Conv2D(1, 1, dtype="float32", name="patch_logits")(x)
+    return keras.Model([image, mask], out, name=name)
+
+
+# ---------------------------------------------------------------- data
+def opacity_records(data_dir: Path, split: dict, which: str, max_images: int | None) -> list[Record]:
+    """COVID-QU-Ex records (all three classes) that have infection and lung masks."""
+    recs = [r for r in read_all(data_dir, ("covid-qu-ex",), max_images)
+            if r.infection_mask and r.lung_mask]
+    return select(recs, split, which, data_dir)
+
+
+def _class_counts(recs: list[Record]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in recs:
+        out[r.label or ""] = out.get(r.label or "", 0) + 1
+    return out
+
+
+# ---------------------------------------------------------------- training step
+def make_train_step(generator: Any, critic: Any | None, g_opt: Any, d_opt: Any | None,
+                    adv_weight: float) -> Any:
+    """A compiled (tf.function) step: returns dict of scalar losses for one batch."""
+    import tensorflow as tf
+
+    from .pipeline import dice_bce_loss
+
+    bce_logits = tf.nn.sigmoid_cross_entropy_with_logits
+
+    @tf.function
+    def step(x: Any, y: Any) -> dict[str, Any]:
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            p = generator(x, training=True)
+            seg = dice_bce_loss(y, p)
+            g_loss = seg
+            if critic is not None:
+                # real and generated pairs in one critic call (one pass over the weights)
+                both = tf.cast(critic([tf.concat([x, x], 0), tf.concat([tf.cast(y, p.dtype), p], 0)],
+                                      training=True), tf.float32)
+                real, fake = tf.split(both, 2, axis=0)
+                g_adv = tf.reduce_mean(bce_logits(labels=tf.ones_like(fake), logits=fake))
+                # one-sided label smoothing (0.9) keeps the critic from saturating early
+                d_loss = 0.5 * (tf.reduce_mean(bce_logits(labels=0.9 * tf.ones_like(real), logits=real))
+                                + tf.reduce_mean(bce_logits(labels=tf.zeros_like(fake), logits=fake)))
+                g_loss = seg + adv_weight * g_adv
+            else:
+                g_adv = tf.constant(0.0)
+                d_loss = tf.constant(0.0)
+        g_vars = generator.trainable_variables
+        g_opt.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars))
+        if critic is not None:
+            d_vars = critic.trainable_variables
+            d_opt.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
+        return {"loss": g_loss, "seg_loss": seg, "g_adv": g_adv, "d_loss": d_loss}
+
+    return step
+
+
+def warm_start(generator: Any, source: Path) -> list[str]:
+    """Copy weights from a saved Keras model (e.g. the bundled lung U-Net) layer by layer.
+
+    Only layers with the same name and the same weight shapes are copied, so the lung model
+    (same U-Net layout, other head) initialises the whole encoder/decoder: lung anatomy is
+    the context every opacity lies in, and a 2-core CPU affords few epochs. Returns the
+    names of the copied layers.
+    """
+    import keras
+
+    src = keras.saving.load_model(source, compile=False)
+    by_name = {layer.name: layer for layer in src.layers}
+    copied = []
+    for layer in generator.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        w = other.get_weights()
+        if [a.shape for a in w] == [tuple(v.shape) for v in layer.weights]:
+            layer.set_weights(w)
+            copied.append(layer.name)
+    log.info("warm start from %s: %d of %d weighted layers copied", source, len(copied),
+             sum(1 for layer in generator.layers if layer.weights))
+    return copied
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def _val_scores(generator: Any, xva: np.ndarray, yva: np.ndarray, labels: list[str],
+                threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+    """Model-resolution validation figures used to pick the checkpoint (fast, no lung model)."""
+    import tensorflow as tf
+
+    from .pipeline import dice_bce_loss
+
+    losses, dices, fp_any = [], [], []
+    for start in range(0, len(xva), 32):
+        xb, yb = xva[start:start + 32], yva[start:start + 32]
+        p = generator(xb, training=False)
+        losses.append(float(dice_bce_loss(tf.constant(yb), p)) * len(xb))
+        pb = np.asarray(p)[..., 0] > threshold
+        tb = yb[..., 0] > 0.5
+        for a, b in zip(pb, tb):
+            inter, s = np.count_nonzero(a & b), np.count_nonzero(a) + np.count_nonzero(b)
+            dices.append(1.0 if s == 0 else 2.0 * inter / s)
+            fp_any.append(bool(a.any()))
+    lab = np.array(labels)
+    d = np.array(dices)
+    covid = lab == COVID
+    normal = lab == NORMAL
+    out = {
+        "val_loss": sum(losses) / len(xva),
+        "val_dice_all": float(d.mean()),
+        "val_dice_covid": float(d[covid].mean()) if covid.any() else math.nan,
+        "val_any_positive_normal": float(np.mean(np.array(fp_any)[normal])) if normal.any() else math.nan,
+    }
+    # Selection score: mean hard Dice over all val films with "both empty" = 1, so it rewards
+    # overlap on COVID films and silence on Normal / Non-COVID films at once.
+    out["val_select"] = out["val_dice_all"]
+    return out
+
+
+def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_size: int,
+          base_filters: int, depth: int, critic_filters: int, critic_blocks: int, epochs: int,
+          batch_size: int, lr: float, d_lr: float, adv_weight: float, seed: int,
+          max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
+          mixed_precision: bool, command: str, init_from: Path | None = None) -> dict:
+    """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``."""
+    import keras
+    import tensorflow as tf
+
+    from .pipeline import load_arrays, make_dataset
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    keras.utils.set_random_seed(seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out.mkdir(parents=True, exist_ok=True)
+    split = read_split(split_file)
+    train_recs = opacity_records(data_dir, split, "train", max_images)
+    val_recs = opacity_records(data_dir, split, "val", max_images)
+    if train_fraction < 1.0:
+        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
+    if not train_recs or not val_recs:
+        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
+    t0 = time.time()
+    xtr, ytr = load_arrays(train_recs, input_size, mask_attr="infection_mask")
+    xva, yva = load_arrays(val_recs, input_size, mask_attr="infection_mask")
+    val_labels = [r.label or "" for r in val_recs]
+    log.info("loaded %d train / %d val arrays in %.1fs", len(xtr), len(xva), time.time() - t0)
+    steps = steps_per_epoch or max(1, math.ceil(len(xtr) / batch_size))
+
+    generator = build_generator(input_size, base_filters, depth)
+    copied = warm_start(generator, init_from) if init_from else []
+    critic = build_critic(input_size, critic_filters, critic_blocks) if variant == "pix2pix" else None
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+    g_opt = keras.optimizers.Adam(schedule)
+    d_opt = keras.optimizers.Adam(d_lr, beta_1=0.5) if critic is not None else None
+    step = make_train_step(generator, critic, g_opt, d_opt, adv_weight)
+    it = iter(make_dataset(xtr, ytr, batch_size, True, seed))
+
+    ckpt = out / MODEL_FILE
+    history: list[dict[str, float]] = []
+    best = -math.inf
+    best_epoch = 0
+    step_s = 0.0
+    t1 = time.time()
+    for epoch in range(epochs):
+        te = time.time()
+        sums: dict[str, float] = {}
+        for i in range(steps):
+            xb, yb = next(it)
+            ts = time.perf_counter()
+            res = step(xb, yb)
+            for k, v in res.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if epoch or i:  # the first call traces the graph (seconds): not a training step's cost
+                step_s += time.perf_counter() - ts
+        row: dict[str, float] = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}}
+        row.update(_val_scores(generator, xva, yva, val_labels))
+        row["epoch_s"] = round(time.time() - te, 1)
+        history.append(row)
+        _write_history(out / "history.csv", history)  # every epoch, so a long run can be watched
+        if not math.isfinite(row["loss"]):
+            log.error("non-finite loss at epoch %d; stopping", epoch + 1)
+            break
+        if row["val_select"] > best:
+            best, best_epoch = row["val_select"], epoch + 1
+            generator.save(ckpt)
+        log.info("epoch %d/%d %.0fs: loss %.4f seg %.4f g_adv %.3f d %.3f | val loss %.4f dice(all) %.4f "
+                 "dice(COVID) %.4f Normal-any+ %.3f", epoch + 1, epochs, row["epoch_s"], row["loss"],
+                 row["seg_loss"], row["g_adv"], row["d_loss"], row["val_loss"], row["val_dice_all"],
+                 row["val_dice_covid"], row["val_any_positive_normal"])
+    train_s = time.time() - t1
+    if not ckpt.is_file():
+        generator.save(ckpt)
+    meta = {
+        "variant": variant,
+        "architecture": f"U-Net generator depth {depth} base {base_filters}"
+                        + (f" + PatchGAN critic ({critic_blocks} spectral-norm residual blocks, base "
+                           f"{critic_filters}, training only)" if critic is not None else " (no critic)"),
+        "input_size": input_size, "base_filters": base_filters, "depth": depth,
+        "critic_filters": critic_filters if critic is not None else None,
+        "critic_blocks": critic_blocks if critic is not None else None,
+        "params": int(generator.count_params()),
+        "critic_params": int(critic.count_params()) if critic is not None else 0,
+        "epochs": epochs, "epochs_run": len(history), "best_epoch": best_epoch,
+        "batch_size": batch_size, "steps_per_epoch": steps, "lr": lr,
+        "lr_schedule": "cosine decay to 5%", "d_lr": d_lr if critic is not None else None,
+        "adv_weight": adv_weight if critic is not None else 0.0, "seed": seed,
+        "max_images": max_images, "train_fraction": train_fraction, "mixed_precision": mixed_precision,
+        "init_from": str(init_from) if init_from else None, "init_layers_copied": len(copied),
+        "loss": "Dice + BCE" + (f" + {adv_weight} x non-saturating adversarial (critic: BCE on patch "
+                                "logits, real label 0.9)" if critic is not None else ""),
+        "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
+                                "(empty-vs-empty = 1) at model resolution",
+        "augmentation": AUGMENTATION,
+        "n_train": len(xtr), "n_val": len(xva), "train_classes": _class_counts(train_recs),
+        "val_classes": _class_counts(val_recs), "split_file": str(split_file),
+        "split_counts": split.get("counts"),
+        "n_excluded_near_duplicates": len(split.get("excluded", [])),
+        "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.time() - t0, 1),
+        "steps_per_s": round(len(history) * steps / train_s, 3),
+        "train_steps_per_s_excluding_validation": round((len(history) * steps - 1) / max(step_s, 1e-9), 3),
+        "best_val_select": best, "command": command, "hardware": hardware_info(),
+        "library_versions": library_versions(),
+    }
+    (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    keras.mixed_precision.set_global_policy("float32")
+    log.info("trained %s in %.0fs (%.3f steps/s), best epoch %d", variant, train_s,
+             meta["steps_per_s"], best_epoch)
+    return meta
+
+
+# ---------------------------------------------------------------- evaluate
+def _lung_labels_for(records: list[Record], images: list[np.ndarray], lung_source: str,
+                     segmenter: Any) -> list[np.ndarray]:
+    """Lung label masks for evaluation: the bundled lung model, or the dataset's lung masks."""
+    if lung_source == "model":
+        return [res.labels for res in segmenter.segment_batch(images)]
+    out = []
+    for r, img in zip(records, images):
+        m = read_mask(r.lung_mask)
+        if m.shape != img.shape:
+            from ..preprocessing import resize
+
+            m = resize(m.astype(np.uint8), img.shape, nearest=True) > 0
+        out.append(split_lungs(m))
+    return out
+
+
+def _truth_figures(truth: np.ndarray, truth_lung: np.ndarray, min_fraction: float) -> tuple[float, str]:
+    """Involvement % and grade of a ground-truth mask against the ground-truth lung."""
+    from ..opacity import min_area_px, severity_grade
+
+    _, _, pct = involvement(truth & (truth_lung > 0), truth_lung)
+    has = int(np.count_nonzero(truth)) >= min_area_px(truth.shape, min_fraction)
+    return pct["total"], severity_grade(pct["total"], has)
+
+
+def evaluate_records(model: Any, input_size: int, records: list[Record], data_dir: Path,
+                     lung_source: str, segmenter: Any, threshold: float,
+                     min_fraction: float) -> list[dict]:
+    """Per-image metrics at full resolution through the app's own figures (analyze_probability)."""
+    rows: list[dict] = []
+    for start in range(0, len(records), 32):
+        chunk = records[start:start + 32]
+        imgs = [read_gray(r.image) for r in chunk]
+        probs = predict_probabilities(model, imgs, input_size)
+        lungs = _lung_labels_for(chunk, imgs, lung_source, segmenter)
+        for r, img, p, lung in zip(chunk, imgs, probs, lungs):
+            res = analyze_probability(p, lung, threshold, min_fraction)
+            truth = read_mask(r.infection_mask)
+            if truth.shape != img.shape:
+                from ..preprocessing import resize
+
+                truth = resize(truth.astype(np.uint8), img.shape, nearest=True) > 0
+            truth_lung = read_mask(r.lung_mask)
+            if truth_lung.shape != img.shape:
+                from ..preprocessing import resize
+
+                truth_lung = resize(truth_lung.astype(np.uint8), img.shape, nearest=True) > 0
+            t_pct, t_grade = _truth_figures(truth, split_lungs(truth_lung), min_fraction)
+            m = segmentation_metrics(res.mask, truth)
+            rows.append({
+                "image": rel_key(r, data_dir), "label": r.label or "",
+                **{k: round(v, 5) for k, v in m.items()},
+                "tp": int(np.count_nonzero(res.mask & truth)), "pred_px": int(np.count_nonzero(res.mask)),
+                "truth_px": int(np.count_nonzero(truth)), "n_regions": len(res.regions),
+                "any_region": int(res.has_opacity),
+                "involvement_pct": round(res.involvement_pct["total"], 3),
+                "truth_involvement_pct": round(t_pct, 3), "grade": res.grade, "truth_grade": t_grade,
+            })
+    return rows
+
+
+def _pooled(rows: list[dict]) -> dict[str, float]:
+    """Pixel-pooled Dice / precision / recall over a set of images (one big confusion matrix)."""
+    tp = sum(r["tp"] for r in rows)
+    pp = sum(r["pred_px"] for r in rows)
+    tt = sum(r["truth_px"] for r in rows)
+    return {"dice": 2 * tp / (pp + tt) if pp + tt else math.nan,
+            "precision": tp / pp if pp else math.nan, "recall": tp / tt if tt else math.nan}
+
+
+def _class_summary(rows: list[dict]) -> dict[str, Any]:
+    if not rows:
+        return {"n": 0}
+    inv_err = [abs(r["involvement_pct"] - r["truth_involvement_pct"]) for r in rows]
+    return {
+        **aggregate(rows),
+        "pooled": _pooled(rows),
+        "any_region_rate": float(np.mean([r["any_region"] for r in rows])),
+        "involvement_abs_error_pct_points": {"mean": float(np.mean(inv_err)),
+                                             "median": float(np.median(inv_err))},
+        "grade_agreement": float(np.mean([r["grade"] == r["truth_grade"] for r in rows])),
+        "grade_confusion": {t: {p: sum(1 for r in rows if r["truth_grade"] == t and r["grade"] == p)
+                                for p in GRADES} for t in GRADES},
+    }
+
+
+def _gb_summary(rows: list[dict]) -> dict[str, Any]:
+    """Per-image aggregates, pooled figures and the any-region rate of a GB subset."""
+    if not rows:
+        return {"n": 0}
+    return {**aggregate(rows), "pooled": _pooled(rows),
+            "any_region_rate": float(np.mean([r["any_region"] for r in rows]))}
+
+
+def weak_check_sample(val_recs: list[Record], data_dir: Path, n: int = WEAK_CHECK_PER_CLASS) -> list[str]:
+    """Fixed sample of COVID-19 and Normal COVID-QU-Ex Val films (relative paths)."""
+    out: list[str] = []
+    for label in (COVID, NORMAL):
+        keys = sorted(rel_key(r, data_dir) for r in val_recs if r.label == label)
+        out.extend(_spread(keys, n))
+    return out
+
+
+def measure_latency(model: Any, input_size: int, image: np.ndarray, lung: np.ndarray,
+                    threshold: float, min_fraction: float, repeats: int = 20) -> dict[str, Any]:
+    """Wall time of the app path for one image: preprocess + generator + resize + figures."""
+    def once() -> None:
+        p = predict_probabilities(model, [image], input_size)[0]
+        analyze_probability(p, lung, threshold, min_fraction)
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(times), 2),
+            "p90_ms": round(float(np.percentile(times, 90)), 2),
+            "image_shape": list(image.shape), "repeats": repeats}
+
+
+def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None,
+             threshold: float = DEFAULT_THRESHOLD, min_fraction: float = DEFAULT_MIN_REGION_FRACTION,
+             lung_source: str = "auto", models_dir: Path | None = None) -> dict:
+    """COVID-QU-Ex Val (per class) and GeneralBlockchain GGO metrics, latency; writes eval/."""
+    import keras
+
+    meta = json.loads((run / "train_meta.json").read_text())
+    size = int(meta["input_size"])
+    model = keras.saving.load_model(run / MODEL_FILE, compile=False)
+    segmenter = None
+    if lung_source in ("auto", "model"):
+        try:
+            from ..lung import LungSegmenter
+
+            segmenter = LungSegmenter(models_root=models_dir)
+            lung_source = "model"
+        except Exception as exc:  # noqa: BLE001 - ModelError or Keras failure
+            if lung_source == "model":
+                raise
+            log.warning("bundled lung model unavailable (%s); constraining to the dataset lung masks", exc)
+            lung_source = "truth"
+    split = read_split(split_file)
+    val_recs = opacity_records(data_dir, split, "val", max_images)
+    t0 = time.time()
+    rows = evaluate_records(model, size, val_recs, data_dir, lung_source, segmenter, threshold, min_fraction)
+    log.info("val: %d images in %.1fs", len(rows), time.time() - t0)
+    by_class = {c: _class_summary([r for r in rows if r["label"] == c]) for c in (COVID, NORMAL, OTHER)}
+    sample = set(weak_check_sample(val_recs, data_dir))
+    weak = [r for r in rows if r["image"] in sample]
+
+    gb = [r for r in read_all(data_dir, ("generalblockchain",), max_images) if r.infection_mask and r.lung_mask]
+    gb_rows = evaluate_records(model, size, gb, data_dir, lung_source, segmenter, threshold,
+                               min_fraction) if gb else []
+    train_recs = opacity_records(data_dir, split, "train", max_images)
+    if gb and train_recs:  # flag GB films that are near-duplicates of a training image (leakage)
+        fp_gb = np.stack([fingerprint(read_gray(r.image)) for r in gb])
+        fp_tr = np.stack([fingerprint(read_gray(r.image)) for r in train_recs])
+        for row, flag in zip(gb_rows, (fp_gb @ fp_tr.T > 0.98).any(axis=1)):
+            row["near_duplicate_of_train"] = int(flag)
+    gb_unseen = [r for r in gb_rows if not r.get("near_duplicate_of_train")]
+    gb_ggo = [r for r in gb_rows if r["truth_px"] > 0]  # films whose radiologist GGO mask is non-empty
+    gb_ggo_unseen = [r for r in gb_unseen if r["truth_px"] > 0]
+
+    probe_rec = next((r for r in val_recs if r.label == COVID), val_recs[0])
+    probe = read_gray(probe_rec.image)
+    probe_lung = _lung_labels_for([probe_rec], [probe], lung_source, segmenter)[0]
+    import cv2
+
+    big = cv2.resize(probe, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    big_lung = cv2.resize(probe_lung, (1024, 1024), interpolation=cv2.INTER_NEAREST)
+    covid = by_class[COVID]
+    summary = {
+        "run": str(run), "variant": meta["variant"], "threshold": threshold,
+        "min_region_fraction": min_fraction, "input_size": size, "lung_source": lung_source,
+        "covid_qu_ex_val_by_class": by_class,
+        "targets": {
+            "covid_dice_mean": covid.get("dice", {}).get("mean", math.nan) if covid["n"] else math.nan,
+            "covid_dice_pooled": covid["pooled"]["dice"] if covid["n"] else math.nan,
+            "normal_false_positive_rate": by_class[NORMAL].get("any_region_rate", math.nan),
+            "non_covid_any_region_rate": by_class[OTHER].get("any_region_rate", math.nan),
+        },
+        "weak_check": {"n": len(weak), "images": sorted(sample),
+                       "covid_dice_mean": float(np.mean([r["dice"] for r in weak if r["label"] == COVID]))
+                       if any(r["label"] == COVID for r in weak) else math.nan,
+                       "normal_any_region": int(sum(r["any_region"] for r in weak if r["label"] == NORMAL))},
+        "generalblockchain_all": _gb_summary(gb_rows),
+        "generalblockchain_not_in_train": _gb_summary(gb_unseen),
+        "generalblockchain_with_ggo": _gb_summary(gb_ggo),
+        "generalblockchain_with_ggo_not_in_train": _gb_summary(gb_ggo_unseen),
+        "latency_cpu": {"256px": measure_latency(model, size, probe, probe_lung, threshold, min_fraction),
+                        "1024px": measure_latency(model, size, big, big_lung, threshold, min_fraction)},
+    }
+    ev = run / "eval"
+    _write_csv(ev / "metrics_covid_qu_ex_val.csv", rows)
+    _write_csv(ev / "metrics_generalblockchain.csv", gb_rows)
+    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+    t = summary["targets"]
+    log.info("%s: COVID Dice %.4f (pooled %.4f) | Normal FP rate %.3f | GB GGO-film Dice %.4f | %.1f ms",
+             run.name, t["covid_dice_mean"], t["covid_dice_pooled"], t["normal_false_positive_rate"],
+             summary["generalblockchain_with_ggo"].get("dice", {}).get("mean", math.nan),
+             summary["latency_cpu"]["256px"]["median_ms"])
+    return summary
+
+
+# ---------------------------------------------------------------- export
+def _short(summary: dict, meta: dict) -> dict:
+    t, g = summary["targets"], summary.get("generalblockchain_with_ggo", summary["generalblockchain_all"])
+    return {
+        "variant": meta["variant"], "architecture": meta["architecture"], "params": meta["params"],
+        "critic_params": meta.get("critic_params", 0), "input_size": meta["input_size"],
+        "epochs": meta["epochs_run"], "best_epoch": meta["best_epoch"], "n_train": meta["n_train"],
+        "train_wall_time_s": meta["train_wall_time_s"], "steps_per_s": meta["steps_per_s"],
+        "covid_dice_mean": round(t["covid_dice_mean"], 4),
+        "covid_dice_pooled": round(t["covid_dice_pooled"], 4),
+        "normal_false_positive_rate": round(t["normal_false_positive_rate"], 4),
+        "non_covid_any_region_rate": round(t["non_covid_any_region_rate"], 4),
+        "gb_ggo_films_dice_mean": round(g["dice"]["mean"], 4) if g.get("n") else None,
+        "gb_ggo_films_dice_pooled": round(g["pooled"]["dice"], 4) if g.get("n") else None,
+        "gb_ggo_films_precision_mean": round(g["precision"]["mean"], 4) if g.get("n") else None,
+        "gb_ggo_films_recall_mean": round(g["recall"]["mean"], 4) if g.get("n") else None,
+        "latency_ms_median_256px": summary["latency_cpu"]["256px"]["median_ms"],
+        "lung_source": summary["lung_source"],
+    }
+
+
+def plot_history(runs: list[Path], out_png: Path) -> None:
+    """Generator/critic losses and validation Dice of one or more runs in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run in runs:
+        with open(run / "history.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        ep = [int(r["epoch"]) + 1 for r in rows]
+        name = json.loads((run / "train_meta.json").read_text())["variant"]
+        axes[0].plot(ep, [float(r["seg_loss"]) for r in rows], label=f"{name} train")
+        axes[0].plot(ep, [float(r["val_loss"]) for r in rows], "--", label=f"{name} val")
+        if any(float(r["d_loss"]) for r in rows):
+            axes[1].plot(ep, [float(r["g_adv"]) for r in rows], label=f"{name} generator adv")
+            axes[1].plot(ep, [float(r["d_loss"]) for r in rows], "--", label=f"{name} critic")
+        axes[2].plot(ep, [float(r["val_dice_covid"]) for r in rows], label=f"{name} COVID films")
+        axes[2].plot(ep, [float(r["val_dice_all"]) for r in rows], ":", label=f"{name} all films")
+    axes[0].set(xlabel="epoch", ylabel="Dice + BCE", title="segmentation loss")
+    axes[1].set(xlabel="epoch", ylabel="BCE on patch logits", title="adversarial losses")
+    axes[2].set(xlabel="epoch", ylabel="hard Dice (model resolution)", title="validation Dice")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def critic_verdict(comparison: dict[str, dict]) -> str:
+    """One sentence: did the critic help, judged on COVID Dice and the Normal FP rate."""
+    if not {"pix2pix", "unet"} <= set(comparison):
+        return "not compared (only one variant evaluated)"
+    a, b = comparison["pix2pix"], comparison["unet"]
+    dd = a["covid_dice_mean"] - b["covid_dice_mean"]
+    dfp = a["normal_false_positive_rate"] - b["normal_false_positive_rate"]
+    helped = dd > 0.005 and dfp <= 0.01
+    hurt = dd < -0.005 or dfp > 0.02
+    word = "helped" if helped else "hurt" if hurt else "made no material difference"
+    return (f"the critic {word}: COVID Dice {a['covid_dice_mean']:.4f} with vs {b['covid_dice_mean']:.4f} "
+            f"without ({dd:+.4f}); Normal false-positive rate {a['normal_false_positive_rate']:.3f} vs "
+            f"{b['normal_false_positive_rate']:.3f} (one seed each, same data and schedule)")
+
+
+def export(run: Path, models_dir: Path, name: str, compare: list[Path], version: str,
+           split_file: Path) -> Path:
+    """Write ``models/<name>/``: generator weights, card.json (sha256), loss plot, metric CSVs."""
+    meta = json.loads((run / "train_meta.json").read_text())
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    dest = models_dir / name
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = dest / f"{name}.keras"
+    shutil.copyfile(run / MODEL_FILE, weights)
+    shutil.copyfile(run / "eval" / "metrics_covid_qu_ex_val.csv", dest / "val_metrics.csv")
+    if (run / "eval" / "metrics_generalblockchain.csv").is_file():
+        shutil.copyfile(run / "eval" / "metrics_generalblockchain.csv", dest / "generalblockchain_metrics.csv")
+    plot_history([run, *compare], dest / "loss_curves.png")
+    comparison = {meta["variant"]: _short(summary, meta)}
+    for c in compare:
+        cm = json.loads((c / "train_meta.json").read_text())
+        cs = json.loads((c / "eval" / "summary.json").read_text())
+        comparison[cm["variant"]] = _short(cs, cm)
+    if len({c["lung_source"] for c in comparison.values()}) > 1:
+        log.warning("compared runs were evaluated with different lung sources: %s",
+                    {k: c["lung_source"] for k, c in comparison.items()})
+    split = read_split(split_file)
+    card = {
+        "name": name, "version": version,
+        "task": "ground-glass / consolidation opacity segmentation (COVID-QU-Ex infection convention)",
+        "architecture": meta["architecture"], "variant": meta["variant"], "params": meta["params"],
+        "input_size": meta["input_size"],
+        "preprocessing": "xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, "
+                         "squash-resize (area) to input_size x input_size, shape (S, S, 1)",
+        "output": "sigmoid probability of opacity per pixel, (S, S, 1) float32; resized back to the "
+                  "image with mask_to_full_resolution, restricted to the lung labels of lung_unet, "
+                  "thresholded, components smaller than min_region_fraction of the image dropped "
+                  "(xrayviewer.opacity.analyze_probability)",
+        "threshold": summary["threshold"], "min_region_fraction": summary["min_region_fraction"],
+        "labels": {"0": "no opacity", "1": "opacity (ground glass / consolidation)"},
+        "figures": {
+            "involvement": "opacity pixels in a lung / that lung's pixels x 100 (right, left, total)",
+            "extent_score": "per lung 0 no region, 1 <25%, 2 25-50%, 3 50-75%, 4 >=75% (RALE-style "
+                            "extent); total 0-8",
+            "grade": "none (no region) / mild (<25% total) / moderate (25-50%) / severe (>=50%)",
+        },
+        "mask_convention": "COVID-QU-Ex 'infection' masks: COVID-19 infected region inside the visible "
+                           "lung field; all-zero masks on Normal and Non-COVID films",
+        "training_data": {
+            "source": "COVID-QU-Ex Infection Segmentation Data (infection masks, all three classes), "
+                      "shared/data/covid-qu-ex",
+            "train": "Train folder minus near-duplicates of Val images", "validation": "Val folder",
+            "n_train": meta["n_train"], "n_val": meta["n_val"], "train_classes": meta["train_classes"],
+            "val_classes": meta["val_classes"], "train_fraction": meta["train_fraction"],
+            "split_seed": split.get("seed"),
+            "n_excluded_near_duplicates": len(split.get("excluded", [])),
+            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": meta["epochs_run"],
+            "best_epoch": meta["best_epoch"], "checkpoint_selection": meta["checkpoint_selection"],
+            "batch_size": meta["batch_size"],
+            "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}"
+                         + (f"; critic Adam lr {meta['d_lr']} beta1 0.5" if meta.get("d_lr") else ""),
+            "mixed_precision": meta["mixed_precision"], "init_from": meta.get("init_from"),
+        },
+        "metrics": {
+            "covid_qu_ex_val_by_class": summary["covid_qu_ex_val_by_class"],
+            "targets": summary["targets"],
+            "generalblockchain_all": summary["generalblockchain_all"],
+            "generalblockchain_not_in_train": summary["generalblockchain_not_in_train"],
+            "generalblockchain_with_ggo": summary["generalblockchain_with_ggo"],
+            "generalblockchain_with_ggo_not_in_train": summary["generalblockchain_with_ggo_not_in_train"],
+            "lung_source": summary["lung_source"],
+            "note": "full-resolution masks through the app's figures; the checkpoint was selected on "
+                    "COVID-QU-Ex Val, so Val figures are slightly optimistic (the official Test split "
+                    "is not in the bundle). GeneralBlockchain GGO masks follow another annotator and "
+                    "scope (DATA.md), so lower Dice there is expected; the seed's GB test Dice was 0.501",
+        },
+        "weak_check": summary["weak_check"],
+        "latency_cpu": summary["latency_cpu"],
+        "comparison": comparison,
+        "critic_verdict": critic_verdict(comparison),
+        "training_command": meta["command"],
+        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
+        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
+        "weights_file": weights.name, "sha256": sha256_file(weights),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (dest / "card.json").write_text(json.dumps(card, indent=1))
+    log.info("exported %s (%s, COVID Dice %.4f) to %s", name, meta["variant"],
+             summary["targets"]["covid_dice_mean"], dest)
+    return dest
