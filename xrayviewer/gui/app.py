@@ -742,8 +742,8 @@ class ViewerApp:
         self.results.show(result)
         self._remember(result)
         if result.gate.accepted:
-            self.set_status(f"Analysed in {result.total_seconds:.2f} s: {result.predicted_class} "
-                            f"(severity {result.severity})")
+            sev = f", severity {result.severity}" if result.severity else ""
+            self.set_status(f"Analysed in {result.total_seconds:.2f} s: highest score {result.predicted_class}{sev}")
         else:
             self.set_status(f"Not scored: {result.gate.reason}")
         self.redraw()
