@@ -1,0 +1,134 @@
+"""End to end with the bundled models on real images: the one Analyzer behind GUI, CLI and batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xrayviewer.imaging import load_image
+from xrayviewer.inference.analyzer import OPACITY_MISSING, Analyzer
+from xrayviewer.inference.control import AnalysisCancelled, CancelToken
+from xrayviewer.inference.result import CSV_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    a = Analyzer(device="cpu")
+    a.load()
+    return a
+
+
+def _val(data_dir: Path, cls: str, n: int) -> list[Path]:
+    return sorted((data_dir / "covid-qu-ex" / "Val" / cls / "images").glob("*.png"))[:n]
+
+
+def test_covid_films_get_opacity_and_covid_leaning_scores(analyzer: Analyzer, data_dir: Path) -> None:
+    results = analyzer.analyze_batch([load_image(p) for p in _val(data_dir, "COVID-19", 8)])
+    accepted = [r for r in results if r.gate.accepted]
+    assert len(accepted) >= 7
+    covid = np.mean([r.probabilities["COVID-19"] for r in accepted])
+    normal = np.mean([r.probabilities["Normal"] for r in accepted])
+    assert covid > normal
+    for r in accepted:
+        assert abs(sum(r.probabilities.values()) - 1) < 1e-5
+        assert r.lung_labels.shape == r.image_shape and set(np.unique(r.lung_labels)) <= {0, 1, 2}
+        assert r.heatmap is not None and r.heatmap.shape == r.image_shape
+        assert float(r.heatmap[r.lung_labels == 0].max(initial=0)) == 0.0  # masked to the lungs
+    if analyzer.has_opacity:
+        with_opacity = [r for r in accepted if r.involvement_pct["total"] > 0 and r.regions]
+        assert len(with_opacity) >= len(accepted) // 2
+        for r in accepted:
+            assert all(0 <= v <= 100 for v in r.involvement_pct.values())
+            assert r.opacity_mask.shape == r.image_shape and not np.any(r.opacity_mask & (r.lung_labels == 0))
+    else:  # said, not hidden
+        assert all(OPACITY_MISSING in r.warnings and r.involvement_pct is None for r in accepted)
+
+
+def test_normal_films_are_mostly_clean(analyzer: Analyzer, data_dir: Path) -> None:
+    results = analyzer.analyze_batch([load_image(p) for p in _val(data_dir, "Normal", 8)])
+    accepted = [r for r in results if r.gate.accepted]
+    assert len(accepted) >= 7
+    assert np.mean([r.probabilities["Normal"] for r in accepted]) > np.mean([r.probabilities["COVID-19"] for r in accepted])
+    if analyzer.has_opacity:
+        clean = [r for r in accepted if r.involvement_pct["total"] < 5]
+        assert len(clean) >= len(accepted) - 2
+
+
+def test_ct_slice_and_non_xray_are_refused(analyzer: Analyzer, dicom_dir: Path, data_dir: Path) -> None:
+    ct = analyzer.analyze(load_image(dicom_dir / "non_cxr" / "CT_small.dcm"))
+    assert ct.status == "refused" and "CT" in ct.gate.reason and ct.probabilities is None
+    rng = np.random.default_rng(0)
+    noise = load_image(_png((rng.random((300, 300)) * 255).astype(np.uint8)))
+    assert analyzer.analyze(noise).status == "refused"
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from factories import png_bytes
+
+    return png_bytes(arr)
+
+
+def test_real_dicom_chest_film_is_analysed(analyzer: Analyzer, dicom_dir: Path) -> None:
+    r = analyzer.analyze(load_image(dicom_dir / "966_fixed.dcm"))
+    assert r.image_shape == (2128, 2000)
+    if r.gate.accepted:
+        assert r.lung_labels.shape == (2128, 2000)
+        right = np.argwhere(r.lung_labels == 1)[:, 1].mean()
+        left = np.argwhere(r.lung_labels == 2)[:, 1].mean()
+        assert right < left  # patient's right lung on the image's left
+
+
+def test_progress_and_cancel(analyzer: Analyzer, data_dir: Path) -> None:
+    img = load_image(_val(data_dir, "Normal", 1)[0])
+    stages: list[str] = []
+    analyzer.analyze(img, progress=lambda s, f: stages.append(s))
+    assert stages[0] != stages[-1] and stages[-1] == "Done"
+    token = CancelToken()
+
+    def cancel_on_lungs(stage: str, frac: float) -> None:
+        if stage == "Segmenting lungs":
+            token.cancel()
+
+    with pytest.raises(AnalysisCancelled):
+        analyzer.analyze(img, progress=cancel_on_lungs, cancel=token)
+
+
+def test_cli_analyze_folder_schema_errors_and_resume(tmp_path: Path, data_dir: Path, dicom_dir: Path) -> None:
+    import shutil
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in _val(data_dir, "COVID-19", 3) + _val(data_dir, "Normal", 3):
+        shutil.copy(p, src / f"{p.parent.parent.name}_{p.name}")
+    shutil.copy(dicom_dir / "non_cxr" / "CT_small.dcm", src / "ct.dcm")
+    shutil.copy(dicom_dir / "broken" / "RG2_JPLY.dcm", src / "broken.dcm")
+    out = tmp_path / "out"
+    env_cmd = [sys.executable, "-m", "xrayviewer", "analyze", str(src), "--out", str(out), "--device", "cpu",
+               "--format", "csv,json,png"]
+    proc = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr  # the broken file failed, the rest went on
+    assert "Traceback" not in proc.stderr
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert list(rows[0].keys()) == list(CSV_COLUMNS)
+    by = {Path(r["path"]).name: r for r in rows}
+    assert by["broken.dcm"]["status"] == "error" and by["ct.dcm"]["status"] == "refused"
+    assert sum(r["status"] == "ok" for r in rows) >= 5
+    ok = next(r for r in rows if r["status"] == "ok")
+    assert abs(float(ok["prob_normal"]) + float(ok["prob_covid19"]) + float(ok["prob_other_pneumonia"]) - 1) < 1e-3
+    from PIL import Image
+
+    name = Path(ok["path"]).name
+    lung = np.asarray(Image.open(out / f"{name}.lung.png"))
+    assert lung.shape == (256, 256) and set(np.unique(lung)) <= {0, 1, 2}
+    jl = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(jl) == len(rows) and all("timings" in j for j in jl if j["status"] != "error")
+    # Resume: a second run does nothing new and keeps one row per input.
+    proc2 = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
+    assert "already done" in proc2.stdout
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)

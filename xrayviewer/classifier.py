@@ -1,0 +1,286 @@
+"""Disease classifier (Normal / COVID-19 / Other pneumonia) with calibrated scores and Grad-CAM.
+
+The bundled network outputs *logits*; the app never shows a raw softmax. Scores are
+``softmax(logits / T)`` with the temperature ``T`` fitted on the validation set
+(card field ``temperature``), because an over-confident 0.99 from a network trained on a
+few thousand public images would be misread as certainty. The card's ``operating_points``
+say above which calibrated probability a class is *flagged* and what sensitivity /
+specificity that threshold had on validation.
+
+Grad-CAM for the top class is computed on the layer named ``cam_features`` and masked to
+the lung field (from the bundled lung model, or a mask the caller passes), so the overlay
+never highlights labels, markers or the background.
+
+TensorFlow is imported lazily; this module never imports ``xrayviewer.training``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import modelstore
+from .errors import ModelError
+from .preprocessing import prepare_for_model, resize
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "xray_classifier"
+CAM_LAYER = "cam_features"
+EMBEDDING_LAYER = "embedding"
+# A lung mask smaller than this fraction of the image is not trusted for cropping.
+MIN_LUNG_FRACTION = 0.04
+CROP_MARGIN = 0.08
+
+
+# ------------------------------------------------------------------ calibration
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Temperature-scaled softmax over the last axis; always in [0, 1] and summing to 1.
+
+    Computed in float64 with the max subtracted, and the quotient clipped, so that huge
+    logits or tiny temperatures can never produce inf/NaN.
+    """
+    t = float(temperature)
+    if not np.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    z = np.asarray(logits, dtype=np.float64)
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits contain NaN or infinity")
+    z = np.clip(z / t, -1e300, 1e300)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(np.maximum(z, -745.0))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return np.clip(p, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ lung crop
+def lung_box(lung_mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int] | None:
+    """(r0, r1, c0, c1) bounding box of the lung mask grown by ``margin``; None if too small.
+
+    A tiny or empty mask means segmentation failed; callers then use the whole image
+    rather than a meaningless crop.
+    """
+    m = np.asarray(lung_mask) > 0
+    if m.ndim != 2 or m.mean() < MIN_LUNG_FRACTION:
+        return None
+    rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    dr, dc = int(round((r1 - r0) * margin)), int(round((c1 - c0) * margin))
+    h, w = m.shape
+    return max(0, r0 - dr), min(h, r1 + dr), max(0, c0 - dc), min(w, c1 + dc)
+
+
+def crop_to_lungs(gray: np.ndarray, lung_mask: np.ndarray | None,
+                  margin: float = CROP_MARGIN) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop a grey image to its (grown) lung bounding box. Shared by training and the app.
+
+    Returns the crop and the box; falls back to the whole image when the mask is unusable.
+    """
+    g = np.asarray(gray)
+    h, w = g.shape[:2]
+    box = None
+    if lung_mask is not None:
+        mask = np.asarray(lung_mask)
+        if mask.shape != g.shape[:2]:
+            mask = resize(mask.astype(np.float32), (h, w)) > 0.5
+        box = lung_box(mask, margin)
+    if box is None:
+        box = (0, h, 0, w)
+    r0, r1, c0, c1 = box
+    return g[r0:r1, c0:c1], box
+
+
+# ------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class ClassificationResult:
+    """Scores for one image. ``probabilities`` are calibrated and sum to one."""
+
+    labels: tuple[str, ...]
+    probabilities: np.ndarray
+    raw_probabilities: np.ndarray
+    logits: np.ndarray
+    temperature: float
+    flagged: dict[str, bool]
+    thresholds: dict[str, float]
+    embedding: np.ndarray = field(repr=False)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    heatmap_masked: bool = False
+
+    @property
+    def top_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def top_class(self) -> str:
+        return self.labels[self.top_index]
+
+    @property
+    def top_probability(self) -> float:
+        return float(self.probabilities[self.top_index])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary for reports and the CLI (no arrays)."""
+        return {
+            "top_class": self.top_class,
+            "probabilities": {k: round(float(p), 4) for k, p in zip(self.labels, self.probabilities)},
+            "flagged": dict(self.flagged),
+            "operating_thresholds": dict(self.thresholds),
+            "temperature": self.temperature,
+        }
+
+
+# ------------------------------------------------------------------ classifier
+class DiseaseClassifier:
+    """Bundled classifier, verified against its card; lazily uses the lung model."""
+
+    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None,
+                 lung_segmenter: Any | None = None) -> None:
+        self.model, self.card = modelstore.load_model(name, models_root)
+        raw = self.card.raw
+        self.labels: tuple[str, ...] = tuple(raw["class_names"])
+        self.temperature = float(raw.get("temperature", 1.0))
+        self.input_mode = str(raw.get("input_mode", "full"))
+        self.thresholds: dict[str, float] = {
+            k: float(v["threshold"]) for k, v in raw.get("operating_points", {}).items()}
+        self._models_root = models_root
+        self._lung = lung_segmenter
+        self._lung_failed = False
+        import keras  # lazy
+
+        try:
+            outputs = [self.model.get_layer(CAM_LAYER).output,
+                       self.model.get_layer(EMBEDDING_LAYER).output, self.model.output]
+        except ValueError as exc:
+            raise ModelError(f"classifier lacks layer {exc}", self.card.weights_path) from exc
+        self._multi = keras.Model(self.model.input, outputs)
+        self.embedding_stats = self._load_embedding_stats()
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def _load_embedding_stats(self) -> dict[str, np.ndarray] | None:
+        """Mean/precision of training embeddings (used by the domain gate), sha-checked."""
+        fname = self.card.raw.get("embedding_stats_file")
+        if not fname:
+            return None
+        path = self.card.directory / fname
+        if not path.is_file() or modelstore.sha256_file(path) != self.card.raw.get("embedding_stats_sha256"):
+            raise ModelError("embedding statistics missing or do not match the card", path)
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    # -------------------------------------------------------------- lung
+    def lung_mask(self, gray: np.ndarray) -> np.ndarray | None:
+        """Lung mask from the bundled lung model; None (logged) if it is not available."""
+        if self._lung is None and not self._lung_failed:
+            try:
+                from .lung import LungSegmenter
+
+                self._lung = LungSegmenter(models_root=self._models_root)
+            except ModelError as exc:
+                log.warning("lung model unavailable, heatmap not masked: %s", exc)
+                self._lung_failed = True
+        if self._lung is None:
+            return None
+        return self._lung.segment(gray).mask
+
+    def model_input(self, gray: np.ndarray, lung_mask: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """(S, S, 1) input exactly as in training, and the image box it covers."""
+        g = np.asarray(gray)
+        if g.ndim != 2:
+            raise ValueError(f"expected a 2-D grey image, got shape {g.shape}")
+        if self.input_mode == "lung_crop":
+            if lung_mask is None:
+                lung_mask = self.lung_mask(g)
+            crop, box = crop_to_lungs(g, lung_mask)
+            return prepare_for_model(crop, self.input_size), box
+        return prepare_for_model(g, self.input_size), (0, g.shape[0], 0, g.shape[1])
+
+    # -------------------------------------------------------------- scoring
+    def _result(self, logits: np.ndarray, emb: np.ndarray, heat: np.ndarray | None,
+                masked: bool) -> ClassificationResult:
+        probs = softmax(logits, self.temperature)
+        flagged = {c: bool(p >= self.thresholds[c]) for c, p in zip(self.labels, probs)
+                   if c in self.thresholds}
+        return ClassificationResult(self.labels, probs, softmax(logits), np.asarray(logits),
+                                    self.temperature, flagged, dict(self.thresholds),
+                                    np.asarray(emb, np.float32), heat, masked)
+
+    def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 16,
+                      lung_masks: Sequence[np.ndarray | None] | None = None) -> list[ClassificationResult]:
+        """Calibrated scores and embeddings for several images (no heatmaps: cheap)."""
+        out: list[ClassificationResult] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            masks = (lung_masks[start:start + batch_size] if lung_masks is not None
+                     else [None] * len(chunk))
+            x = np.stack([self.model_input(g, m)[0] for g, m in zip(chunk, masks)])
+            _, emb, logits = self._multi(x, training=False)
+            for lg, e in zip(np.asarray(logits, np.float64), np.asarray(emb)):
+                out.append(self._result(lg, e, None, False))
+        return out
+
+    def predict(self, gray: np.ndarray, lung_mask: np.ndarray | None = None,
+                heatmap: bool = True) -> ClassificationResult:
+        """Calibrated scores for one image, plus a lung-masked Grad-CAM of the top class."""
+        g = np.asarray(gray)
+        if heatmap and lung_mask is None:
+            lung_mask = self.lung_mask(g)
+        x, box = self.model_input(g, lung_mask)
+        if not heatmap:
+            return self.predict_batch([g], lung_masks=[lung_mask])[0]
+        logits, emb, cam = self._grad_cam(x[None])
+        heat = self._cam_to_image(cam, box, g.shape[:2], lung_mask)
+        return self._result(logits, emb, heat, lung_mask is not None)
+
+    def _grad_cam(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grad-CAM (Selvaraju et al. 2017) of the top class at feature resolution."""
+        import tensorflow as tf  # lazy
+
+        xt = tf.convert_to_tensor(x, tf.float32)
+        with tf.GradientTape() as tape:
+            # Trainable weights are watched, so the path feats -> logits is recorded.
+            feats, emb, logits = self._multi(xt, training=False)
+            top = int(tf.argmax(logits[0]))
+            score = tf.cast(logits[:, top], tf.float32)
+        grads = tape.gradient(score, feats)
+        feats = tf.cast(feats, tf.float32)
+        if grads is None:  # pragma: no cover - graph without a path feats -> logits
+            raise ModelError("Grad-CAM: no gradient from the top logit to the CAM layer",
+                             self.card.weights_path)
+        weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))[0]
+        return (np.asarray(logits[0], np.float64), np.asarray(emb[0], np.float32),
+                np.asarray(cam, np.float32))
+
+    @staticmethod
+    def _cam_to_image(cam: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],
+                      lung_mask: np.ndarray | None) -> np.ndarray:
+        """Feature-resolution CAM -> [0, 1] map at the image's (rows, cols), lung-masked."""
+        r0, r1, c0, c1 = box
+        heat = np.zeros(shape, np.float32)
+        heat[r0:r1, c0:c1] = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
+        heat = np.maximum(heat, 0.0)
+        if lung_mask is not None:
+            m = np.asarray(lung_mask)
+            if m.shape != shape:
+                m = resize(m.astype(np.float32), shape) > 0.5
+            heat *= (m > 0).astype(np.float32)
+        peak = float(heat.max())
+        return heat / peak if peak > 0 else heat
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Penultimate (global-average-pooled) features, (N, D) float32."""
+        return np.stack([r.embedding for r in self.predict_batch(images)])
+
+
+def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row to the training mean under a shared covariance."""
+    d = np.atleast_2d(np.asarray(embeddings, np.float64)) - np.asarray(mean, np.float64)
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, np.asarray(precision, np.float64), d), 0.0))

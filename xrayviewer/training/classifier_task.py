@@ -1,0 +1,609 @@
+"""Train, evaluate and export the disease classifier (Normal / COVID-19 / Other pneumonia).
+
+Data: COVID-QU-Ex, the NIH subset and the *frontal, labelled* ieee8023 rows; the split file
+from ``split`` (patient-disjoint, near-duplicates kept together) decides train/val.
+GeneralBlockchain is left out: 62 of its 66 images are ieee8023 copies.
+
+``exclude_source="ieee8023"`` makes the *source-disjoint* run: ieee8023 and every image in
+another source that is a near-duplicate of an ieee8023 file (fingerprint corr > 0.98, e.g.
+~170 COVID-QU-Ex COVID-19 images) are removed from training and validation, and all
+frontal labelled ieee8023 rows become the test set.
+
+A run directory holds ``model.keras`` (best epoch by validation macro AUC),
+``history.csv``, ``train_meta.json``, ``eval/summary.json`` and ``eval/predictions.npz``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..classifier import CAM_LAYER, EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
+from ..modelstore import sha256_file
+from ..preprocessing import prepare_for_model
+from .classifier_metrics import (auc_binary, cross_fitted_ece, expected_calibration_error,
+                                 fit_temperature, macro_auc, nll, per_class_auc, reliability_diagram,
+                                 sens_spec, youden_threshold)
+from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray
+from .lung_task import hardware_info, library_versions
+from .splits import NEAR_DUP_CORR, read_split, rel_key
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = (NORMAL, COVID, OTHER)
+FRONTAL_VIEWS = frozenset({"PA", "AP", "AP Supine", "AP Erect", "AP semi erect"})
+SOURCES = ("covid-qu-ex", "nih", "ieee8023")
+MODEL_FILE = "model.keras"
+WEAK_CHECK_PER_CLASS = 20
+
+
+# ------------------------------------------------------------------ records
+def is_frontal_xray(r: Record) -> bool:
+    """COVID-QU-Ex and NIH are frontal by construction; ieee8023 rows say so in metadata."""
+    if r.source in ("ieee8023", "generalblockchain"):
+        return (r.modality or "") == "X-ray" and (r.view or "") in FRONTAL_VIEWS
+    return True
+
+
+def labelled_frontal(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.label in CLASS_NAMES and is_frontal_xray(r)]
+
+
+def split_records(data_dir: Path, split: dict, max_images: int | None
+                  ) -> tuple[list[Record], list[Record], list[Record]]:
+    """(train, val, all ieee8023 records) for the classifier, per the split file."""
+    recs = read_all(data_dir, SOURCES, max_images)
+    a = split["assignment"]
+    usable = labelled_frontal(recs)
+    train = [r for r in usable if a.get(rel_key(r, data_dir)) == "train"]
+    val = [r for r in usable if a.get(rel_key(r, data_dir)) == "val"]
+    ieee = [r for r in recs if r.source == "ieee8023"]
+    return train, val, ieee
+
+
+def _fingerprints(records: list[Record], cache: Path | None) -> np.ndarray:
+    """DATA.md fingerprints, cached by image path (they take ~20 s for the bundle)."""
+    store: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            store = dict(zip(z["keys"].tolist(), z["fp"]))
+    missing = [r for r in records if r.image not in store]
+    if missing:
+        with ThreadPoolExecutor(2) as ex:
+            fps = list(ex.map(lambda r: fingerprint(read_gray(r.image)), missing))
+        store.update({r.image: f for r, f in zip(missing, fps)})
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, keys=np.array(list(store)), fp=np.stack(list(store.values())))
+    return np.stack([store[r.image] for r in records]).astype(np.float32)
+
+
+def drop_source_and_duplicates(records: list[Record], source: str, source_records: list[Record],
+                               cache: Path | None = None) -> tuple[list[Record], int]:
+    """Remove ``source`` and near-duplicates of any of its images; returns (kept, n_dups)."""
+    others = [r for r in records if r.source != source]
+    if not others or not source_records:
+        return others, 0
+    fp_o = _fingerprints(others, cache)
+    fp_s = _fingerprints(source_records, cache)
+    dup = np.zeros(len(others), bool)
+    for start in range(0, len(others), 2048):
+        dup[start:start + 2048] = (fp_o[start:start + 2048] @ fp_s.T > NEAR_DUP_CORR).any(axis=1)
+    return [r for r, d in zip(others, dup) if not d], int(dup.sum())
+
+
+# ------------------------------------------------------------------ arrays
+def _lung_masks(grays: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Lung masks from the bundled lung model (the app uses the same one)."""
+    from ..lung import LungSegmenter
+
+    seg = LungSegmenter()
+    return [r.mask for r in seg.segment_batch(grays, batch_size=32)]
+
+
+def load_inputs(records: list[Record], size: int, mode: str, cache_dir: Path | None) -> np.ndarray:
+    """(N, S, S, 1) float32 model inputs made by the app's own preprocessing, cached."""
+    cache = cache_dir / f"inputs_{mode}_{size}.npz" if cache_dir else None
+    store: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            store = dict(zip(z["keys"].tolist(), z["x"]))
+    missing = [r for r in records if r.image not in store]
+    if missing:
+        t0 = time.time()
+        with ThreadPoolExecutor(2) as ex:
+            grays = list(ex.map(lambda r: read_gray(r.image), missing))
+        if mode == "lung_crop":
+            masks = _lung_masks(grays)
+            grays = [crop_to_lungs(g, m)[0] for g, m in zip(grays, masks)]
+        elif mode != "full":
+            raise ValueError(f"unknown input mode {mode!r}")
+        xs = [prepare_for_model(g, size).astype(np.float16) for g in grays]
+        store.update({r.image: x for r, x in zip(missing, xs)})
+        log.info("prepared %d %s inputs in %.1fs", len(missing), mode, time.time() - t0)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, keys=np.array(list(store)), x=np.stack(list(store.values())))
+    if not records:
+        return np.zeros((0, size, size, 1), np.float32)
+    return np.stack([store[r.image] for r in records]).astype(np.float32)
+
+
+def labels_of(records: list[Record]) -> np.ndarray:
+    return np.array([CLASS_NAMES.index(r.label) for r in records], np.int64)
+
+
+# ------------------------------------------------------------------ tf.data
+def augment_image(x: Any, size: int) -> Any:
+    """Mild geometric + photometric augmentation (no flips: the heart is on one side)."""
+    import tensorflow as tf
+
+    from .pipeline import _affine
+
+    x = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=_affine(size, 8.0, 0.06, (0.9, 1.12)),
+        output_shape=[size, size], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT")[0]
+    mean = tf.reduce_mean(x)
+    x = (x - mean) * tf.random.uniform([], 0.8, 1.2) + mean + tf.random.uniform([], -0.08, 0.08)
+    x = tf.clip_by_value(x, 0.0, 1.0) ** tf.random.uniform([], 0.8, 1.25)
+    x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform([], 0.0, 0.02)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Shuffled, augmented, repeated batches of (image, one-hot, sample weight)."""
+    import tensorflow as tf
+
+    size = int(x.shape[1])
+    n_classes = len(CLASS_NAMES)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w.astype(np.float32)))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda a, b, c: (augment_image(a, size), tf.one_hot(b, n_classes), c),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_logits(model: Any, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    out = [np.asarray(model(x[i:i + batch_size], training=False), np.float64)
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)))
+
+
+# ------------------------------------------------------------------ train
+def _datasets_for_run(data_dir: Path, split: dict, max_images: int | None, exclude_source: str | None,
+                      cache_dir: Path | None) -> dict[str, Any]:
+    train, val, ieee = split_records(data_dir, split, max_images)
+    info: dict[str, Any] = {}
+    test: list[Record] = []
+    if exclude_source:
+        fp_cache = cache_dir / "fingerprints.npz" if cache_dir else None
+        src_all = [r for r in ieee] if exclude_source == "ieee8023" else []
+        n_tr, n_va = len(train), len(val)
+        train, d_tr = drop_source_and_duplicates(train, exclude_source, src_all, fp_cache)
+        val, d_va = drop_source_and_duplicates(val, exclude_source, src_all, fp_cache)
+        test = labelled_frontal(src_all)
+        info = {"excluded_source": exclude_source, "removed_near_duplicates_train": d_tr,
+                "removed_near_duplicates_val": d_va, "removed_train_total": n_tr - len(train),
+                "removed_val_total": n_va - len(val), "n_test": len(test)}
+    return {"train": train, "val": val, "test": test, "info": info}
+
+
+def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size: int,
+          input_mode: str, epochs: int, batch_size: int, lr: float, seed: int,
+          max_images: int | None, steps_per_epoch: int | None, exclude_source: str | None,
+          time_budget_s: float | None, train_fraction: float, cache_dir: Path | None,
+          mixed_precision: bool, width: int, command: str) -> dict:
+    """Train one classifier; keeps the epoch with the best validation macro AUC."""
+    import keras
+
+    from .classifier_architectures import build_classifier
+
+    keras.utils.set_random_seed(seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    split = read_split(split_file)
+    sets = _datasets_for_run(data_dir, split, max_images, exclude_source, cache_dir)
+    tr, va = sets["train"], sets["val"]
+    if train_fraction < 1.0:
+        tr = _spread(tr, max(1, round(len(tr) * train_fraction)))
+    if not tr or not va:
+        raise SystemExit(f"no training/validation images (train {len(tr)}, val {len(va)})")
+    xtr, ytr = load_inputs(tr, input_size, input_mode, cache_dir), labels_of(tr)
+    xva, yva = load_inputs(va, input_size, input_mode, cache_dir), labels_of(va)
+    counts = np.bincount(ytr, minlength=len(CLASS_NAMES))
+    cw = len(ytr) / (len(CLASS_NAMES) * np.maximum(counts, 1))
+    log.info("train %d (%s), val %d, class weights %s, data ready in %.1fs", len(tr),
+             dict(zip(CLASS_NAMES, counts.tolist())), len(va), np.round(cw, 3), time.time() - t0)
+
+    model = build_classifier(arch, input_size, len(CLASS_NAMES), width=width)
+    steps = steps_per_epoch or max(1, math.ceil(len(xtr) / batch_size))
+    # With a time budget the cosine decay runs over wall-clock time instead of steps, so a
+    # run ends annealed on time even when the CPU is shared (see _TimeCosine).
+    schedule = (lr if time_budget_s else keras.optimizers.schedules.CosineDecay(
+        lr, decay_steps=max(1, epochs * steps), alpha=0.02))
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    ckpt = out / MODEL_FILE
+    state = {"best": -1.0, "best_epoch": -1}
+    t_fit = time.time()
+
+    class _ValAUC(keras.callbacks.Callback):
+        """Validation macro AUC each epoch; saves the best model; enforces the time budget."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            auc = macro_auc(yva, softmax(predict_logits(self.model, xva)))
+            if logs is not None:
+                logs["val_macro_auc"] = auc
+            if auc > state["best"]:
+                state.update(best=auc, best_epoch=epoch + 1)
+                self.model.save(ckpt)
+            elapsed = time.time() - t_fit
+            log.info("epoch %d: val macro AUC %.4f (best %.4f @ %d), %.0fs", epoch + 1, auc,
+                     state["best"], state["best_epoch"], elapsed)
+            if time_budget_s and elapsed * (epoch + 2) / (epoch + 1) > time_budget_s:
+                log.info("time budget %.0fs reached: stopping after epoch %d", time_budget_s, epoch + 1)
+                self.model.stop_training = True
+
+    class _TimeCosine(keras.callbacks.Callback):
+        """Cosine learning-rate decay over the wall-clock budget (to 2% of ``lr``)."""
+
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            frac = min(1.0, (time.time() - t_fit) / float(time_budget_s))
+            self.model.optimizer.learning_rate.assign(lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
+
+    callbacks = [_ValAUC(), keras.callbacks.CSVLogger(str(out / "history.csv"))]
+    if time_budget_s:
+        callbacks.insert(0, _TimeCosine())
+    hist = model.fit(make_dataset(xtr, ytr, cw[ytr], batch_size, seed), epochs=epochs,
+                     steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    train_s = time.time() - t_fit
+    epochs_run = len(hist.history.get("loss", []))
+    meta = {
+        "arch": arch, "architecture": f"{arch} (from scratch, grey {input_size}x{input_size}, {input_mode})",
+        "input_size": input_size, "input_mode": input_mode, "width": width,
+        "params": int(model.count_params()), "epochs": epochs, "epochs_run": epochs_run,
+        "best_epoch": state["best_epoch"], "best_val_macro_auc": state["best"],
+        "batch_size": batch_size, "steps_per_epoch": steps, "lr": lr,
+        "optimizer": f"AdamW lr {lr} cosine decay to 2% over "
+                     + (f"a {time_budget_s:.0f} s wall-clock budget" if time_budget_s else f"{epochs} epochs")
+                     + ", weight decay 1e-4",
+        "loss": "class-weighted softmax cross-entropy on logits", "class_weights": cw.round(4).tolist(),
+        "seed": seed, "max_images": max_images, "train_fraction": train_fraction,
+        "mixed_precision": mixed_precision, "time_budget_s": time_budget_s,
+        "augmentation": "rotation +-8 deg, shift +-6%, zoom 0.9-1.12, contrast 0.8-1.2, "
+                        "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip",
+        "n_train": len(tr), "n_val": len(va),
+        "train_counts": {c: int(n) for c, n in zip(CLASS_NAMES, counts)},
+        "train_by_source": {s: sum(r.source == s for r in tr) for s in SOURCES},
+        "val_by_source": {s: sum(r.source == s for r in va) for s in SOURCES},
+        "source_disjoint": sets["info"], "split_file": str(split_file),
+        "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.time() - t0, 1),
+        "images_per_s": round(epochs_run * steps * batch_size / max(train_s, 1e-6), 1),
+        "command": command, "hardware": hardware_info(), "library_versions": library_versions(),
+    }
+    (out / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("trained %s in %.0fs, best val macro AUC %.4f at epoch %d", arch, train_s,
+             state["best"], state["best_epoch"])
+    evaluate(out, data_dir, split_file, max_images, cache_dir)
+    return meta
+
+
+# ------------------------------------------------------------------ evaluate
+def class_report(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Macro AUC, per-class AUC and argmax sensitivity/specificity, accuracy."""
+    pred = probs.argmax(axis=1)
+    per = per_class_auc(y, probs)
+    rep: dict[str, Any] = {"n": int(len(y)), "macro_auc": macro_auc(y, probs),
+                           "accuracy": float((pred == y).mean()) if len(y) else math.nan,
+                           "covid_vs_rest_auc": auc_binary(y == 1, probs[:, 1]),
+                           "per_class": {}}
+    for k, c in enumerate(CLASS_NAMES):
+        se, sp = sens_spec(y, pred, k)
+        rep["per_class"][c] = {"n": int((y == k).sum()), "auc": per[k], "sensitivity": se,
+                               "specificity": sp}
+    return rep
+
+
+def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats: int = 30) -> dict:
+    """Wall time of the app's scoring path on one image (preprocess + forward [+ lungs])."""
+    seg = None
+    if mode == "lung_crop":
+        from ..lung import LungSegmenter
+
+        seg = LungSegmenter()
+
+    def once() -> None:
+        g = image
+        if seg is not None:
+            g = crop_to_lungs(image, seg.segment(image).mask)[0]
+        np.asarray(model(prepare_for_model(g, size)[None], training=False))
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(times), 2),
+            "p90_ms": round(float(np.percentile(times, 90)), 2),
+            "image_shape": list(image.shape), "repeats": repeats,
+            "includes": "preprocess + forward" + (" + lung segmentation + crop" if seg else "")}
+
+
+def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None,
+             cache_dir: Path | None) -> dict:
+    """Validation (and, for source-disjoint runs, ieee8023 test) metrics; writes eval/."""
+    import keras
+
+    meta = json.loads((run / "train_meta.json").read_text())
+    size, mode = int(meta["input_size"]), meta["input_mode"]
+    model = keras.saving.load_model(run / MODEL_FILE, compile=False)
+    split = read_split(split_file)
+    sets = _datasets_for_run(data_dir, split, max_images, (meta.get("source_disjoint") or {}).get(
+        "excluded_source"), cache_dir)
+    va = sets["val"]
+    yva = labels_of(va)
+    lva = predict_logits(model, load_inputs(va, size, mode, cache_dir))
+    pva = softmax(lva)
+    summary: dict[str, Any] = {"run": str(run), "arch": meta["arch"], "input_mode": mode,
+                               "val": class_report(yva, pva), "val_by_source": {}}
+    for s in SOURCES:
+        sel = np.array([r.source == s for r in va])
+        if sel.any():
+            summary["val_by_source"][s] = class_report(yva[sel], pva[sel])
+    saved = {"val_logits": lva, "val_y": yva,
+             "val_keys": np.array([rel_key(r, data_dir) for r in va])}
+    if sets["test"]:
+        te = sets["test"]
+        yte = labels_of(te)
+        lte = predict_logits(model, load_inputs(te, size, mode, cache_dir))
+        summary["source_disjoint_test"] = {"source": sets["info"]["excluded_source"],
+                                           **class_report(yte, softmax(lte))}
+        saved.update(test_logits=lte, test_y=yte,
+                     test_keys=np.array([rel_key(r, data_dir) for r in te]))
+    summary["latency_cpu"] = measure_latency(model, size, read_gray(va[0].image), mode)
+    ev = run / "eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    model.save(ev / "inference.keras")  # what would be bundled: no optimizer state
+    summary["weights_bytes"] = (ev / "inference.keras").stat().st_size
+    summary["params"] = meta["params"]
+    np.savez(ev / "predictions.npz", **saved)
+    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+    v = summary["val"]
+    log.info("%s: val macro AUC %.4f, COVID-vs-rest %.4f, acc %.3f, latency %.1f ms%s", run.name,
+             v["macro_auc"], v["covid_vs_rest_auc"], v["accuracy"],
+             summary["latency_cpu"]["median_ms"],
+             (f" | source-disjoint {summary['source_disjoint_test']['source']}: COVID-vs-rest AUC "
+              f"{summary['source_disjoint_test']['covid_vs_rest_auc']:.4f}") if sets["test"] else "")
+    return summary
+
+
+# ------------------------------------------------------------------ export
+def comparison_row(run: Path) -> dict[str, Any]:
+    """One row of the architecture comparison table."""
+    meta = json.loads((run / "train_meta.json").read_text())
+    s = json.loads((run / "eval" / "summary.json").read_text())
+    v = s["val"]
+    row = {"run": run.name, "arch": meta["arch"], "input_mode": meta["input_mode"],
+           "input_size": meta["input_size"], "params": meta["params"],
+           "size_mb": round(s["weights_bytes"] / 2**20, 2), "epochs_run": meta["epochs_run"],
+           "best_epoch": meta["best_epoch"], "train_wall_time_s": meta["train_wall_time_s"],
+           "n_train": meta["n_train"], "val_n": v["n"], "val_macro_auc": round(v["macro_auc"], 4),
+           "val_covid_vs_rest_auc": round(v["covid_vs_rest_auc"], 4),
+           "val_accuracy": round(v["accuracy"], 4),
+           "latency_ms_median": s["latency_cpu"]["median_ms"]}
+    for c, pc in v["per_class"].items():
+        row[f"sens_{c}"] = round(pc["sensitivity"], 4)
+        row[f"spec_{c}"] = round(pc["specificity"], 4)
+    if "source_disjoint_test" in s:
+        row["source_disjoint_covid_vs_rest_auc"] = round(s["source_disjoint_test"]["covid_vs_rest_auc"], 4)
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table (README and card)."""
+    head = ("| run | architecture | input | params | size MB | val macro AUC | COVID-vs-rest AUC | "
+            "sens/spec Normal | sens/spec COVID-19 | sens/spec Other pn. | CPU latency ms | train s |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['arch']} | {r['input_mode']} {r['input_size']} | {r['params']:,} | "
+            f"{r['size_mb']} | {r['val_macro_auc']:.3f} | {r['val_covid_vs_rest_auc']:.3f} | "
+            f"{r['sens_Normal']:.2f}/{r['spec_Normal']:.2f} | {r['sens_COVID-19']:.2f}/{r['spec_COVID-19']:.2f} | "
+            f"{r['sens_Other pneumonia']:.2f}/{r['spec_Other pneumonia']:.2f} | "
+            f"{r['latency_ms_median']} | {r['train_wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def weak_check_sample(keys: np.ndarray, y: np.ndarray, per_class: int = WEAK_CHECK_PER_CLASS) -> list[int]:
+    """Fixed, class-balanced, evenly spread indices into the validation set."""
+    idx: list[int] = []
+    for k in range(len(CLASS_NAMES)):
+        members = sorted(np.nonzero(y == k)[0].tolist(), key=lambda i: str(keys[i]))
+        idx += _spread(members, per_class)
+    return idx
+
+
+def embedding_features(model: Any, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    import keras
+
+    emb = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
+    return np.concatenate([np.asarray(emb(x[i:i + batch_size], training=False), np.float64)
+                           for i in range(0, len(x), batch_size)])
+
+
+def fit_embedding_stats(train_emb: np.ndarray, shrinkage: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of a shrunk shared covariance (stable with few samples per dim)."""
+    mean = train_emb.mean(axis=0)
+    cov = np.cov(train_emb - mean, rowvar=False)
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    return mean, np.linalg.inv(cov)
+
+
+def source_disjoint_row(run: Path) -> dict[str, Any]:
+    """Internal (without ieee8023) vs ieee8023-test numbers of one source-disjoint run."""
+    meta = json.loads((run / "train_meta.json").read_text())
+    s = json.loads((run / "eval" / "summary.json").read_text())
+    t, v = s["source_disjoint_test"], s["val"]
+    return {"run": run.name, "arch": meta["arch"], "input_mode": meta["input_mode"],
+            "n_train": meta["n_train"], "internal_val_n": v["n"],
+            "internal_val_macro_auc": round(v["macro_auc"], 4),
+            "internal_val_covid_vs_rest_auc": round(v["covid_vs_rest_auc"], 4),
+            "ieee8023_n": t["n"], "ieee8023_macro_auc": round(t["macro_auc"], 4),
+            "ieee8023_covid_vs_rest_auc": round(t["covid_vs_rest_auc"], 4),
+            "ieee8023_accuracy": round(t["accuracy"], 4),
+            "ieee8023_covid_sensitivity": round(t["per_class"][COVID]["sensitivity"], 4),
+            "ieee8023_covid_specificity": round(t["per_class"][COVID]["specificity"], 4),
+            "gap_covid_vs_rest_auc": round(v["covid_vs_rest_auc"] - t["covid_vs_rest_auc"], 4),
+            "train_wall_time_s": meta["train_wall_time_s"]}
+
+
+def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_disjoint: Path | None,
+           version: str, data_dir: Path, split_file: Path, cache_dir: Path | None,
+           gate_quantile: float = 0.995, source_disjoint_compare: list[Path] | None = None) -> Path:
+    """Write ``models/<name>/``: weights, calibration, embedding stats, card, plots."""
+    import keras
+
+    meta = json.loads((run / "train_meta.json").read_text())
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    with np.load(run / "eval" / "predictions.npz") as z:
+        lva, yva, keys = z["val_logits"], z["val_y"], z["val_keys"]
+    dest = models_dir / name
+    dest.mkdir(parents=True, exist_ok=True)
+
+    # Calibration: T on all validation images; ECE after measured cross-fitted too.
+    temp = fit_temperature(lva, yva)
+    p_raw, p_cal = softmax(lva), softmax(lva, temp)
+    ece_before = expected_calibration_error(p_raw, yva)
+    ece_after_in = expected_calibration_error(p_cal, yva)
+    ece_after_cv, cv_temps = cross_fitted_ece(lva, yva)
+    reliability_diagram({"raw softmax": p_raw, f"temperature {temp:.2f}": p_cal}, yva,
+                        dest / "reliability.png",
+                        title=f"{name}: validation reliability (n={len(yva)})")
+    ops = {c: youden_threshold(yva == k, p_cal[:, k]) for k, c in enumerate(CLASS_NAMES)}
+
+    # Weak-correctness sample for the tests.
+    idx = weak_check_sample(keys, yva)
+    sample_auc = macro_auc(yva[idx], p_cal[idx])
+    floor = math.floor((min(sample_auc, summary["val"]["macro_auc"]) - 0.03) * 100) / 100
+
+    # Embedding statistics for the domain gate: fitted on training images only.
+    model = keras.saving.load_model(run / MODEL_FILE, compile=False)
+    split = read_split(split_file)
+    sets = _datasets_for_run(data_dir, split, meta.get("max_images"), None, cache_dir)
+    size, mode = int(meta["input_size"]), meta["input_mode"]
+    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir))
+    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir))
+    mean, prec = fit_embedding_stats(e_tr)
+    d_tr, d_va = mahalanobis(e_tr, mean, prec), mahalanobis(e_va, mean, prec)
+    thr = float(np.quantile(d_va, gate_quantile))
+    stats_file = dest / "embedding_stats.npz"
+    np.savez(stats_file, mean=mean.astype(np.float32), precision=prec.astype(np.float32),
+             threshold=np.float32(thr))
+
+    weights = dest / f"{name}.keras"
+    model.save(weights)  # loaded with compile=False: no optimizer state, a third of the size
+    rows = [comparison_row(run)] + [comparison_row(c) for c in compare]
+    sd = None
+    if source_disjoint is not None:
+        sds = json.loads((source_disjoint / "eval" / "summary.json").read_text())
+        sdm = json.loads((source_disjoint / "train_meta.json").read_text())
+        t = sds["source_disjoint_test"]
+        internal = summary["val"]
+        sd = {
+            "run": source_disjoint.name, "arch": sdm["architecture"],
+            "design": "retrained without ieee8023 and without its near-duplicates in other "
+                      "sources (fingerprint corr > 0.98); tested on every frontal labelled "
+                      "ieee8023 row",
+            "removed": sdm["source_disjoint"], "n_train": sdm["n_train"],
+            "internal_val_without_ieee8023": sds["val"], "test_ieee8023": t,
+            "gap_covid_vs_rest_auc": round(internal["covid_vs_rest_auc"] - t["covid_vs_rest_auc"], 4),
+            "gap_macro_auc": round(internal["macro_auc"] - t["macro_auc"], 4),
+            "bundled_model_on_ieee8023_val_rows_patient_disjoint": summary["val_by_source"].get("ieee8023"),
+            "by_input_mode": [source_disjoint_row(p) for p in [source_disjoint, *(source_disjoint_compare or [])]],
+        }
+    card = {
+        "name": name, "version": version, "task": "chest X-ray classification",
+        "architecture": meta["architecture"], "params": meta["params"],
+        "input_size": size, "input_mode": mode,
+        "preprocessing": ("xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
+                          "to input_size x input_size (area), shape (S, S, 1)"
+                          + ("; applied to the lung bounding box (+8% margin) from the bundled "
+                             "lung model (xrayviewer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
+        "output": "logits (3); probabilities = softmax(logits / temperature); "
+                  "layer 'cam_features' for Grad-CAM, 'embedding' for the domain gate",
+        "class_names": list(CLASS_NAMES),
+        "labels": {str(k): c for k, c in enumerate(CLASS_NAMES)},
+        "threshold": ops[COVID]["threshold"],
+        "temperature": round(temp, 5),
+        "operating_points": {c: {k: (round(v, 5) if isinstance(v, float) else v) for k, v in o.items()}
+                             for c, o in ops.items()},
+        "operating_point_rule": "per class, calibrated probability >= threshold flags the class; "
+                                "threshold maximises Youden's J on validation",
+        "calibration": {
+            "method": "temperature scaling fitted on validation NLL",
+            "temperature": round(temp, 5), "ece_bins": 15,
+            "ece_before": round(ece_before, 4), "ece_after_in_sample": round(ece_after_in, 4),
+            "ece_after_cross_fitted_2fold": round(ece_after_cv, 4),
+            "cross_fit_temperatures": [round(t, 4) for t in cv_temps],
+            "nll_before": round(nll(lva, yva, 1.0), 4), "nll_after": round(nll(lva, yva, temp), 4),
+            "target_ece": 0.03, "reliability_diagram": "reliability.png",
+        },
+        "training_data": {
+            "sources": "covid-qu-ex (Train/Val folders), nih subset, ieee8023 frontal labelled "
+                       "rows; generalblockchain left out (ieee8023 copies)",
+            "split": "patient-disjoint, near-duplicates grouped (python -m xrayviewer.training split)",
+            "n_train": meta["n_train"], "n_val": meta["n_val"], "train_counts": meta["train_counts"],
+            "train_by_source": meta["train_by_source"], "val_by_source": meta["val_by_source"],
+            "augmentation": meta["augmentation"], "loss": meta["loss"],
+            "optimizer": meta["optimizer"], "epochs_run": meta["epochs_run"],
+            "best_epoch": meta["best_epoch"], "batch_size": meta["batch_size"],
+            "mixed_precision": meta["mixed_precision"],
+        },
+        "metrics": {"internal_val": summary["val"], "internal_val_by_source": summary["val_by_source"],
+                    "note": "argmax sensitivity/specificity; AUC one-vs-rest on calibrated scores "
+                            "(temperature does not change AUC)"},
+        "source_disjoint": sd,
+        "targets": {"internal_macro_auc": 0.97, "source_disjoint_covid_vs_rest_auc": 0.80},
+        "comparison": rows, "comparison_markdown": markdown_table(rows),
+        "weak_check": {"n": len(idx), "images": [str(keys[i]) for i in idx],
+                       "labels": [CLASS_NAMES[int(yva[i])] for i in idx],
+                       "macro_auc_at_export": round(sample_auc, 4), "macro_auc_floor": floor},
+        "embedding_stats_file": stats_file.name, "embedding_stats_sha256": sha256_file(stats_file),
+        "mahalanobis": {"fitted_on": f"{len(e_tr)} training embeddings (dim {e_tr.shape[1]}), "
+                                     "covariance shrunk 5% toward its mean variance",
+                        "threshold": round(thr, 4), "threshold_rule": f"{gate_quantile:.1%} quantile of validation distances",
+                        "train_quantiles": {q: round(float(np.quantile(d_tr, q)), 3) for q in (0.5, 0.99, 0.995)},
+                        "val_quantiles": {q: round(float(np.quantile(d_va, q)), 3) for q in (0.5, 0.99, 0.995)}},
+        "latency_cpu": summary["latency_cpu"],
+        "training_command": meta["command"],
+        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
+        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
+        "weights_file": weights.name, "sha256": sha256_file(weights),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "intended_use": "research only; not a medical device. Public COVID data confound class "
+                        "with source: see source_disjoint.",
+    }
+    (dest / "card.json").write_text(json.dumps(card, indent=1, default=float))
+    with open(dest / "comparison.csv", "w", newline="") as fh:
+        keys_all = sorted({k for r in rows for k in r})
+        w = csv.DictWriter(fh, fieldnames=keys_all)
+        w.writeheader()
+        w.writerows(rows)
+    log.info("exported %s: val macro AUC %.4f, T %.3f, ECE %.4f -> %.4f (cv %.4f), floor %.2f",
+             name, summary["val"]["macro_auc"], temp, ece_before, ece_after_in, ece_after_cv, floor)
+    return dest
