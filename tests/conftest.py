@@ -8,6 +8,10 @@ silently skipping them.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +44,28 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def dicom_dir(data_dir: Path) -> Path:
     return data_dir / "dicom"
+
+
+@pytest.fixture(scope="session")
+def display() -> Iterator[str]:
+    """One X display for the whole session: a Tk interpreter whose display vanished would
+    make Xlib exit the process, so the server must outlive every Tk root."""
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        if os.environ.get("CI"):
+            pytest.fail("Xvfb is not installed (CI must install it: apt-get install xvfb)")
+        pytest.skip("no display and no Xvfb")
+    num = 90 + os.getpid() % 100
+    proc = subprocess.Popen([xvfb, f":{num}", "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    os.environ["DISPLAY"] = f":{num}"
+    try:
+        yield f":{num}"
+    finally:
+        del os.environ["DISPLAY"]
+        proc.terminate()
+        proc.wait(timeout=10)

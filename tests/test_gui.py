@@ -7,40 +7,15 @@ Tk callback fails the test (ViewerApp records them in ``callback_errors``).
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xrayviewer.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    if os.environ.get("DISPLAY"):
-        yield os.environ["DISPLAY"]
-        return
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        if os.environ.get("CI"):
-            pytest.fail("Xvfb is not installed (CI must install it: apt-get install xvfb)")
-        pytest.skip("no display and no Xvfb")
-    num = 90 + os.getpid() % 100
-    proc = subprocess.Popen([xvfb, f":{num}", "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    os.environ["DISPLAY"] = f":{num}"
-    try:
-        yield f":{num}"
-    finally:
-        del os.environ["DISPLAY"]
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture()
@@ -207,7 +182,6 @@ def test_redraw_is_fast_enough_for_interaction(app, dicom_dir: Path) -> None:
 
 def test_batch_dialog_runs_cancels_and_sorts(app, data_dir: Path, dicom_dir: Path, tmp_path: Path) -> None:
     """The dialog drives the real batch engine on real files; the analyzer is the engine-test one."""
-    import shutil
 
     from test_batch import ThresholdAnalyzer
 

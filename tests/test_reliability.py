@@ -98,34 +98,23 @@ def test_cli_works_with_sockets_blocked(tmp_path: Path, dicom_dir: Path) -> None
     assert len(proc.stdout.splitlines()) == len(list(dicom_dir.glob("*.dcm")))
 
 
-def test_viewer_opens_images_without_models(tmp_path: Path, dicom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_viewer_opens_images_without_models(display: str, tmp_path: Path, dicom_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from test_gui import pump
 
-    if not os.environ.get("DISPLAY") and shutil.which("Xvfb") is None:
-        pytest.skip("no display")
     monkeypatch.setenv("XRAYVIEWER_MODELS_DIR", str(tmp_path / "no-models"))
     monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "h.db"))
-    display_proc = None
-    if not os.environ.get("DISPLAY"):
-        display_proc = subprocess.Popen(["Xvfb", ":77", "-nolisten", "tcp"], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        time.sleep(1)
-        monkeypatch.setenv("DISPLAY", ":77")
-    try:
-        from xrayviewer.gui.app import ViewerApp, create_root
-        from xrayviewer.settings import Settings
+    from xrayviewer.gui.app import ViewerApp, create_root
+    from xrayviewer.settings import Settings
 
-        root = create_root()
-        app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json")
-        pump(app, lambda: app.models_state == "failed", timeout=60)
-        assert "card" in app.results.text() and "Viewing still works" in app.results.text()
-        app.open_path(dicom_dir / "dx_image.dcm")
-        pump(app, lambda: app.image is not None)
-        assert app.render_current() is not None
-        app.analyze()
-        assert "unavailable" in app.status_var.get()
-        assert app.callback_errors == []
-        app.quit()
-    finally:
-        if display_proc:
-            display_proc.terminate()
+    root = create_root()
+    app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json")
+    pump(app, lambda: app.models_state == "failed", timeout=60)
+    assert "card" in app.results.text() and "Viewing still works" in app.results.text()
+    app.open_path(dicom_dir / "dx_image.dcm")
+    pump(app, lambda: app.image is not None)
+    assert app.render_current() is not None
+    app.analyze()
+    assert "unavailable" in app.status_var.get()
+    assert app.callback_errors == []
+    app.quit()
