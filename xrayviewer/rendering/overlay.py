@@ -159,7 +159,13 @@ def compose_overlay(
                           heatmap=heatmap, options=options)
     out = blend(grey, layer)
     if options.legend:
-        draw_legend(out, options)
+        from dataclasses import replace
+
+        present = replace(options, lungs=options.lungs and lung_labels is not None,
+                          opacity=options.opacity and opacity_mask is not None,
+                          boxes=options.boxes and opacity_mask is not None,
+                          heatmap=options.heatmap and heatmap is not None)
+        draw_legend(out, present)
     return out
 
 

@@ -147,7 +147,7 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     # Images side by side.
     plain = img.display
     overlay = compose_overlay(plain, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
-                              options=OverlayOptions(alpha=0.35, legend=True))
+                              options=OverlayOptions(alpha=0.35, legend=False))  # colours explained below
     y = p.get_y() + 2
     avail_w = (p.w - p.l_margin - p.r_margin - 6) / 2
     max_h = 92.0

@@ -27,12 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import CAM_LAYER, EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
+from ..classifier import EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
 from ..modelstore import sha256_file
 from ..preprocessing import prepare_for_model
-from .classifier_metrics import (auc_binary, cross_fitted_ece, expected_calibration_error,
-                                 fit_temperature, macro_auc, nll, per_class_auc, reliability_diagram,
-                                 sens_spec, youden_threshold)
+from .classifier_metrics import (
+    auc_binary,
+    cross_fitted_ece,
+    expected_calibration_error,
+    fit_temperature,
+    macro_auc,
+    nll,
+    per_class_auc,
+    reliability_diagram,
+    sens_spec,
+    youden_threshold,
+)
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray
 from .lung_task import hardware_info, library_versions
 from .splits import NEAR_DUP_CORR, read_split, rel_key
@@ -306,7 +315,7 @@ def class_report(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """Macro AUC, per-class AUC and argmax sensitivity/specificity, accuracy."""
     pred = probs.argmax(axis=1)
     per = per_class_auc(y, probs)
-    rep: dict[str, Any] = {"n": int(len(y)), "macro_auc": macro_auc(y, probs),
+    rep: dict[str, Any] = {"n": len(y), "macro_auc": macro_auc(y, probs),
                            "accuracy": float((pred == y).mean()) if len(y) else math.nan,
                            "covid_vs_rest_auc": auc_binary(y == 1, probs[:, 1]),
                            "per_class": {}}

@@ -18,8 +18,9 @@ import logging
 import math
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
