@@ -48,7 +48,10 @@ def test_heatmap_layer_alpha_follows_heat() -> None:
     assert out[0, 0].sum() == 0 and out[0, 9].sum() > 0
 
 
-def test_legend_drawn() -> None:
-    grey, labels, opacity = _case()
-    a = compose_overlay(np.zeros((400, 400), np.uint8), options=OverlayOptions(legend=True))
-    assert a[-40:, :150].max() > 0
+def test_legend_lists_the_layers_present() -> None:
+    labels = np.zeros((400, 400), np.uint8)
+    labels[100:300, 50:150] = 1
+    with_lungs = compose_overlay(np.zeros((400, 400), np.uint8), lung_labels=labels, options=OverlayOptions(legend=True))
+    assert with_lungs[-60:, :150].max() > 0
+    nothing = compose_overlay(np.zeros((400, 400), np.uint8), options=OverlayOptions(legend=True))
+    assert nothing.max() == 0  # no layers, no legend
