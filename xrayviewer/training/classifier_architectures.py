@@ -58,6 +58,14 @@ def build_classifier(arch: str, input_size: int = 128, n_classes: int = 3,
         feats = base(layers.Rescaling(255.0, name="to_255")(inp))
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose from {ARCHITECTURES}")
+    if arch != "compact":
+        # keras.applications MobileNetV2 uses BN momentum 0.999, tuned for long ImageNet runs:
+        # after a few hundred steps from scratch its moving statistics are still mostly the
+        # initial values, so inference-mode outputs are near chance. 0.99 (the Keras default)
+        # lets them converge within a short CPU budget.
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.99)
     feats = layers.Activation("linear", name="cam_features")(feats)
     emb = layers.GlobalAveragePooling2D(name="embedding")(feats)
     x = layers.Dropout(dropout, name="dropout")(emb)

@@ -1,0 +1,119 @@
+"""The bundled disease classifier: integrity, weak correctness on real images, heatmap."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xrayviewer import modelstore
+from xrayviewer.classifier import MODEL_NAME, DiseaseClassifier
+from xrayviewer.errors import ModelError
+from xrayviewer.training.classifier_metrics import macro_auc
+
+CLASSES = ("Normal", "COVID-19", "Other pneumonia")
+
+
+@pytest.fixture(scope="module")
+def card() -> modelstore.ModelCard:
+    return modelstore.read_card(MODEL_NAME)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> DiseaseClassifier:
+    return DiseaseClassifier()
+
+
+def _gray(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, path
+    return img
+
+
+def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
+    raw = card.raw
+    assert modelstore.sha256_file(card.weights_path) == card.sha256
+    assert card.weights_path.stat().st_size < 12 * 2**20  # "a few MB"
+    assert tuple(raw["class_names"]) == CLASSES
+    assert raw["temperature"] > 0
+    cal = raw["calibration"]
+    assert {"ece_before", "ece_after_in_sample", "ece_after_cross_fitted_2fold"} <= set(cal)
+    assert (card.directory / cal["reliability_diagram"]).is_file()
+    assert set(raw["operating_points"]) == set(CLASSES)
+    archs = {r["arch"] for r in raw["comparison"]}
+    assert len(archs) >= 3, archs
+    assert {r["input_mode"] for r in raw["comparison"]} == {"full", "lung_crop"}
+    sd = raw["source_disjoint"]
+    assert sd["test_ieee8023"]["n"] > 300
+    assert "gap_covid_vs_rest_auc" in sd
+    for k in ("tensorflow", "keras", "numpy"):
+        assert card.library_versions[k]
+
+
+def test_weak_correctness_on_fixed_sample(card: modelstore.ModelCard, classifier: DiseaseClassifier,
+                                          data_dir: Path) -> None:
+    wc = card.raw["weak_check"]
+    images = [_gray(data_dir / k) for k in wc["images"]]
+    y = np.array([CLASSES.index(c) for c in wc["labels"]])
+    results = classifier.predict_batch(images)
+    probs = np.stack([r.probabilities for r in results])
+    auc = macro_auc(y, probs)
+    assert auc >= wc["macro_auc_floor"], (auc, wc)
+    # Same weights, same inputs: the number recorded at export is reproduced.
+    assert auc == pytest.approx(wc["macro_auc_at_export"], abs=0.01)
+    for r in results:
+        assert np.all((r.probabilities >= 0) & (r.probabilities <= 1))
+        assert r.probabilities.sum() == pytest.approx(1.0)
+        assert r.raw_probabilities.sum() == pytest.approx(1.0)
+
+
+def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, data_dir: Path) -> None:
+    from xrayviewer.lung import LungSegmenter
+
+    path = sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0]
+    img = _gray(path)
+    res = classifier.predict(img)
+    assert res.heatmap is not None and res.heatmap.shape == img.shape
+    assert res.heatmap.dtype == np.float32
+    assert 0.0 <= float(res.heatmap.min()) and float(res.heatmap.max()) <= 1.0
+    assert res.heatmap_masked
+    lung = LungSegmenter().segment(img).mask
+    assert float(res.heatmap[~lung].max(initial=0.0)) == 0.0  # nothing outside the lungs
+    assert res.top_class in CLASSES
+    d = res.as_dict()
+    assert set(d["probabilities"]) == set(CLASSES) and set(d["flagged"]) == set(CLASSES)
+    # Batch and single-image paths agree.
+    np.testing.assert_allclose(classifier.predict_batch([img])[0].probabilities, res.probabilities,
+                               atol=1e-5)
+
+
+def test_tampered_embedding_stats_raise(tmp_path: Path, card: modelstore.ModelCard) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(card.directory, root / MODEL_NAME)
+    stats = root / MODEL_NAME / card.raw["embedding_stats_file"]
+    stats.write_bytes(stats.read_bytes()[:-10])
+    modelstore.clear_cache()
+    with pytest.raises(ModelError, match="embedding statistics"):
+        DiseaseClassifier(models_root=root)
+
+
+def test_card_without_class_layers_is_rejected(tmp_path: Path, card: modelstore.ModelCard) -> None:
+    """A card pointing at a model without the Grad-CAM layer fails with ModelError."""
+    import keras
+
+    root = tmp_path / "models"
+    shutil.copytree(card.directory, root / MODEL_NAME)
+    inp = keras.Input((card.input_size, card.input_size, 1))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inp))
+    w = root / MODEL_NAME / card.weights_file
+    keras.Model(inp, out).save(w)
+    data = json.loads((root / MODEL_NAME / "card.json").read_text())
+    data["sha256"] = modelstore.sha256_file(w)
+    (root / MODEL_NAME / "card.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="lacks layer"):
+        DiseaseClassifier(models_root=root)
