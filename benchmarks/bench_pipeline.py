@@ -45,10 +45,12 @@ def naive_baseline(paths: list[Path]) -> float:
     import numpy as np
     from PIL import Image
 
-    from xrayviewer import classifier, gate, lung, modelstore, opacity
+    from xrayviewer import modelstore
+    from xrayviewer.inference.analyzer import Analyzer
     from xrayviewer.preprocessing import prepare_for_model
 
-    models = [modelstore.load_model(m.MODEL_NAME) for m in (gate, lung, classifier, opacity)]
+    # The same models the pipeline uses (the opacity model only when it is bundled).
+    models = [modelstore.load_model(m.name) for m in Analyzer().model_infos()]
     t0 = time.perf_counter()
     for p in paths:
         grey = np.asarray(Image.open(p).convert("L"))
