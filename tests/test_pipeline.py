@@ -132,3 +132,66 @@ def test_cli_analyze_folder_schema_errors_and_resume(tmp_path: Path, data_dir: P
     proc2 = subprocess.run(env_cmd, capture_output=True, text=True, timeout=600)
     assert "already done" in proc2.stdout
     assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
+
+
+def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir: Path, dicom_dir: Path) -> None:
+    """PDF (page + batch summary), overlay PNG and DICOM SEG/SC from real analyses of real images."""
+    import shutil as sh
+
+    import pydicom
+
+    from xrayviewer.reporting.dicom_out import write_secondary_capture, write_segmentation
+    from xrayviewer.reporting.pdf import ReportItem, write_pdf_report
+
+    if sh.which("pdftotext") is None:
+        pytest.fail("pdftotext (poppler-utils) is needed to check PDF text")
+    paths = [_val(data_dir, "COVID-19", 1)[0], dicom_dir / "966_fixed.dcm", dicom_dir / "non_cxr" / "CT_small.dcm"]
+    images = [load_image(p) for p in paths]
+    results = analyzer.analyze_batch(images)
+    items = [ReportItem(r, i, str(p), "0" * 64) for r, i, p in zip(results, images, paths)]
+    pdf = write_pdf_report(items, tmp_path / "report.pdf")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert text.count("Chest X-ray analysis report") == 4  # summary + one page per image
+    assert "Batch summary - 3 image(s)" in text and "NOT SCORED" in text and "modality CT" in text
+    covid = results[0].probabilities["COVID-19"]
+    assert f"{covid * 100:.1f} %" in text
+    for m in results[0].models:
+        assert m.sha256 in text
+    assert "not a medical device" in text
+    seg = pydicom.dcmread(write_segmentation(results[1], images[1], tmp_path / "a.seg.dcm"))
+    assert seg.pixel_array.shape[-2:] == (2128, 2000)
+    sc = pydicom.dcmread(write_secondary_capture(results[1], images[1], tmp_path / "a.sc.dcm"))
+    assert sc.StudyInstanceUID == seg.StudyInstanceUID and str(sc.PatientName) == "ANONYMOUS"
+
+
+def test_gui_shows_the_pipelines_values(analyzer: Analyzer, display: str, tmp_path: Path, dicom_dir: Path,
+                                         data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open a real DICOM and a PNG in the window, analyse with the bundled models, compare widgets to results."""
+    from test_gui import pump
+
+    from xrayviewer.gui.app import ViewerApp, create_root
+    from xrayviewer.settings import Settings
+
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "h.db"))
+    root = create_root()
+    app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json", analyzer=analyzer,
+                    load_models=False)
+    app.models_state = "ready"
+    for path in (dicom_dir / "966_fixed.dcm", _val(data_dir, "COVID-19", 1)[0]):
+        app.open_path(path)
+        pump(app, lambda: app.path == path and app.image is not None)
+        app.analyze()
+        pump(app, lambda: app.analysis is not None, timeout=120)
+        r = app.analysis
+        if r.gate.accepted:
+            shown = app.results.percentages()
+            for cls, p in r.probabilities.items():
+                assert shown[cls] == f"{p * 100:.1f}%"
+            view = app.render_current()
+            assert view.ndim == 3  # lung outlines blended in
+        else:
+            assert r.gate.reason in app.results.text()
+        out = app.export_pdf(tmp_path / f"{path.name}.pdf")
+        assert out.is_file() and app._history().get(app.history_id).report_paths == (str(out),)
+    assert app.callback_errors == []
+    app.quit()
