@@ -259,3 +259,23 @@ def test_cancel_and_stale_analysis_results_are_dropped(app, dicom_dir: Path) -> 
     app.open_path(dicom_dir / "RG2_JPLY_fixed.dcm")
     pump(app, lambda: app.path.name == "RG2_JPLY_fixed.dcm")
     assert app.analysis is None
+
+
+def test_settings_dialog_applies_and_persists(app, dicom_dir: Path) -> None:
+    from xrayviewer.settings import Settings
+
+    app.open_path(dicom_dir / "RG2_JPLL.dcm")
+    pump(app, lambda: app.image is not None)
+    assert app.window.source == "file"
+    dlg = app.show_settings()
+    dlg.window.set("full")
+    dlg.device.set("cpu")
+    dlg.colours["right"].set("#00ff00")
+    dlg.output.set("/tmp/xrv-out")
+    dlg.apply()
+    saved = Settings.load(app.settings_path)
+    assert (saved.default_window, saved.device, saved.lung_colors[0], saved.output_dir) == (
+        "full", "cpu", "#00ff00", "/tmp/xrv-out")
+    assert app.overlay_options().right_color == (0, 255, 0)
+    app.reset_view()
+    assert app.window.name == "Full range"

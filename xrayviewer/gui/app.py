@@ -125,6 +125,7 @@ class ViewerApp:
         file_menu.add_command(label="Export PDF report...", accelerator="Ctrl+P", command=self.ask_export_pdf)
         file_menu.add_command(label="Copy overlay to clipboard", command=self.copy_to_clipboard)
         file_menu.add_command(label="History...", accelerator="Ctrl+H", command=self.show_history)
+        file_menu.add_command(label="Settings...", accelerator="Ctrl+,", command=self.show_settings)
         file_menu.add_separator()
         file_menu.add_command(label="Close image", command=self.close_image)
         file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
@@ -265,6 +266,7 @@ class ViewerApp:
         r.bind("<Control-p>", lambda e: self.ask_export_pdf())
         r.bind("<Control-h>", lambda e: self.show_history())
         r.bind("<Control-b>", lambda e: self.show_batch())
+        r.bind("<Control-comma>", lambda e: self.show_settings())
         r.bind("<Control-Return>", lambda e: self.analyze())
         r.bind("<Control-period>", lambda e: self.cancel_analysis())
         plain = {
@@ -355,7 +357,7 @@ class ViewerApp:
         self._warp_key = None
         self.rulers = []
         self.user_invert = False
-        self.window = img.default_window
+        self.window = self.default_window_for(img)
         cw, ch = self._canvas_size()
         self.state = ViewState.fitted(img.shape, (cw, ch))
         self.settings.add_recent(path)
@@ -489,7 +491,7 @@ class ViewerApp:
         if self.image is None or self.state is None:
             return
         self.user_invert = False
-        self.window = self.image.default_window
+        self.window = self.default_window_for(self.image)
         self._sync_window_box()
         self.state = ViewState.fitted(self.image.shape, self.state.canvas_size)
         self._show_info()
@@ -776,6 +778,30 @@ class ViewerApp:
         except Exception as exc:  # recording must never break the viewer
             log.warning("could not record the analysis in the history: %s", exc)
             self.history_id = None
+
+    def show_settings(self) -> Any:
+        from .settings_dialog import SettingsDialog
+
+        return SettingsDialog(self.root, self.settings, on_apply=self._settings_changed)
+
+    def _settings_changed(self) -> None:
+        self._save_settings()
+        if self.analyzer is not None and getattr(self.analyzer, "device_preference", None) not in (
+                None, self.settings.device) and not getattr(self.analyzer, "loaded", False):
+            self.analyzer.device_preference = self.settings.device
+        self._warped_layer_key = None
+        self.redraw()
+        self.set_status("Settings saved" + (" (the device applies after a restart)" if self.models_state == "ready"
+                                            else ""))
+
+    def default_window_for(self, img: XRayImage) -> WindowPreset:
+        """The image's window according to the user's default-window setting."""
+        choice = self.settings.default_window
+        if choice == "auto":
+            return next((w for w in img.windows if w.name.startswith("Auto")), img.default_window)
+        if choice == "full":
+            return next((w for w in img.windows if w.name.startswith("Full")), img.default_window)
+        return img.default_window
 
     def show_batch(self, folder: Path | None = None) -> Any:
         from .batch_dialog import BatchDialog

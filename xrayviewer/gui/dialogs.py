@@ -34,6 +34,13 @@ SHORTCUTS: list[tuple[str, str]] = [
     ("C", "Clear rulers"),
     ("T", "DICOM tags"),
     ("Esc", "Reset view (fit, default window, no rotation/flip/invert)"),
+    ("A / Ctrl+Enter", "Analyze"),
+    ("Ctrl+.", "Cancel analysis"),
+    ("L / O / B / G", "Toggle lung fields / opacity / boxes / heatmap overlays"),
+    ("Ctrl+E / Ctrl+P", "Export overlay PNG / PDF report"),
+    ("Ctrl+B", "Batch analysis"),
+    ("Ctrl+H", "History"),
+    ("Ctrl+,", "Settings"),
     ("F1", "This list"),
     ("Ctrl+Q", "Quit"),
 ]
