@@ -75,6 +75,26 @@ def lung_records(data_dir: Path, split: dict, which: str, max_images: int | None
 
 
 # ---------------------------------------------------------------- train
+def prepare_run(records_fn: Any, data_dir: Path, split_file: Path, out: Path, *, seed: int,
+                mixed_precision: bool, max_images: int | None, train_fraction: float) -> tuple[dict, list, list]:
+    """Shared start of every segmentation training (lung, opacity): seed, precision policy,
+    output folder, the split, and its train/val records (optionally a spread-out fraction of train)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    out.mkdir(parents=True, exist_ok=True)
+    split = read_split(split_file)
+    train_recs = records_fn(data_dir, split, "train", max_images)
+    val_recs = records_fn(data_dir, split, "val", max_images)
+    if train_fraction < 1.0:
+        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
+    if not train_recs or not val_recs:
+        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
+    return split, train_recs, val_recs
+
+
 def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_size: int,
           base_filters: int, depth: int, epochs: int, batch_size: int, lr: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
@@ -85,17 +105,9 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     from .architectures import build_unet
     from .pipeline import dice_bce_loss, dice_coef, load_arrays, make_dataset
 
-    keras.utils.set_random_seed(seed)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    out.mkdir(parents=True, exist_ok=True)
-    split = read_split(split_file)
-    train_recs = lung_records(data_dir, split, "train", max_images)
-    val_recs = lung_records(data_dir, split, "val", max_images)
-    if train_fraction < 1.0:
-        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
-    if not train_recs or not val_recs:
-        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
+    split, train_recs, val_recs = prepare_run(lung_records, data_dir, split_file, out, seed=seed,
+                                              mixed_precision=mixed_precision, max_images=max_images,
+                                              train_fraction=train_fraction)
     t0 = time.time()
     xtr, ytr = load_arrays(train_recs, input_size)
     xva, yva = load_arrays(val_recs, input_size)

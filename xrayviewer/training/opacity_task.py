@@ -36,7 +36,7 @@ from ..opacity import (DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES,
                        analyze_probability, involvement)
 from ..postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
-from .lung_task import _write_csv, hardware_info, library_versions
+from .lung_task import _write_csv, hardware_info, library_versions, prepare_run
 from .metrics import aggregate, segmentation_metrics
 from .splits import read_split, rel_key, select
 
@@ -263,17 +263,9 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
-    keras.utils.set_random_seed(seed)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    out.mkdir(parents=True, exist_ok=True)
-    split = read_split(split_file)
-    train_recs = opacity_records(data_dir, split, "train", max_images)
-    val_recs = opacity_records(data_dir, split, "val", max_images)
-    if train_fraction < 1.0:
-        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
-    if not train_recs or not val_recs:
-        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
+    split, train_recs, val_recs = prepare_run(opacity_records, data_dir, split_file, out, seed=seed,
+                                              mixed_precision=mixed_precision, max_images=max_images,
+                                              train_fraction=train_fraction)
     t0 = time.time()
     xtr, ytr = load_arrays(train_recs, input_size, mask_attr="infection_mask")
     xva, yva = load_arrays(val_recs, input_size, mask_attr="infection_mask")
