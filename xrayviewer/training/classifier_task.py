@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import math
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -340,16 +339,9 @@ def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats
             g = crop_to_lungs(image, seg.segment(image).mask)[0]
         np.asarray(model(prepare_for_model(g, size)[None], training=False))
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": round(statistics.median(times), 2),
-            "p90_ms": round(float(np.percentile(times, 90)), 2),
-            "image_shape": list(image.shape), "repeats": repeats,
+    from .metrics import time_call
+
+    return {**time_call(once, repeats), "image_shape": list(image.shape),
             "includes": "preprocess + forward" + (" + lung segmentation + crop" if seg else "")}
 
 

@@ -13,7 +13,6 @@ import logging
 import math
 import platform
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -193,16 +192,10 @@ def weak_check_sample(val_recs: list[Record], data_dir: Path, n: int = WEAK_CHEC
 def measure_latency(model: Any, input_size: int, image: np.ndarray, threshold: float,
                     repeats: int = 30) -> dict[str, float]:
     """Wall time of the app path (preprocess + model + resize back + postprocess), 1 image."""
-    for _ in range(3):
-        lung_labels(predict_probabilities(model, [image], input_size)[0], threshold)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        lung_labels(predict_probabilities(model, [image], input_size)[0], threshold)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": round(statistics.median(times), 2),
-            "p90_ms": round(float(np.percentile(times, 90)), 2),
-            "image_shape": list(image.shape), "repeats": repeats}
+    from .metrics import time_call
+
+    stats = time_call(lambda: lung_labels(predict_probabilities(model, [image], input_size)[0], threshold), repeats)
+    return {**stats, "image_shape": list(image.shape)}
 
 
 def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None,

@@ -8,6 +8,8 @@ aggregates, counted separately).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 
 import numpy as np
@@ -67,3 +69,19 @@ def aggregate(rows: list[dict[str, float]], keys: tuple[str, ...] = SEG_METRICS)
                   "p05": float(np.percentile(vals, 5)), "min": float(vals.min()),
                   "max": float(vals.max()), "n": int(vals.size)}
     return out
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median and p90 wall time (ms) of ``fn`` after a warm-up: the latency figure of every card."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(times), 2),
+            "p90_ms": round(float(np.percentile(times, 90)), 2), "repeats": repeats}

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ..opacity import (DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES,
 from ..postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .lung_task import _write_csv, hardware_info, library_versions, prepare_run
-from .metrics import aggregate, segmentation_metrics
+from .metrics import aggregate, segmentation_metrics, time_call
 from .splits import read_split, rel_key, select
 
 log = logging.getLogger(__name__)
@@ -466,16 +465,7 @@ def measure_latency(model: Any, input_size: int, image: np.ndarray, lung: np.nda
         p = predict_probabilities(model, [image], input_size)[0]
         analyze_probability(p, lung, threshold, min_fraction)
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": round(statistics.median(times), 2),
-            "p90_ms": round(float(np.percentile(times, 90)), 2),
-            "image_shape": list(image.shape), "repeats": repeats}
+    return {**time_call(once, repeats), "image_shape": list(image.shape)}
 
 
 def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None,
