@@ -161,30 +161,22 @@ def safe_rel(item: BatchItem, image: XRayImage | None, sha256: str, phi: bool) -
     return Path(f"image-{sha256[:12]}")
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
 def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[str, Path]) -> list[str]:
     """Overlay, lung label and opacity PNGs at full resolution (atomic). Returns paths written."""
-    from ..rendering.overlay import OverlayOptions, compose_overlay
+    from ..rendering.overlay import OverlayOptions, compose_overlay, encode_png
 
     written = []
     overlay = compose_overlay(
         image.display, lung_labels=result.lung_labels, opacity_mask=result.opacity_mask, regions=result.regions,
         heatmap=result.heatmap, options=OverlayOptions(heatmap=result.heatmap is not None, legend=True, alpha=0.35),
     )
-    atomic_write_bytes(paths["overlay"], _png_bytes(overlay))
+    atomic_write_bytes(paths["overlay"], encode_png(overlay))
     written.append(str(paths["overlay"]))
     if result.lung_labels is not None:
-        atomic_write_bytes(paths["lung"], _png_bytes(result.lung_labels.astype(np.uint8)))
+        atomic_write_bytes(paths["lung"], encode_png(result.lung_labels.astype(np.uint8)))
         written.append(str(paths["lung"]))
     if result.opacity_mask is not None:
-        atomic_write_bytes(paths["opacity"], _png_bytes((result.opacity_mask > 0).astype(np.uint8) * 255))
+        atomic_write_bytes(paths["opacity"], encode_png((result.opacity_mask > 0).astype(np.uint8) * 255))
         written.append(str(paths["opacity"]))
     return written
 
@@ -321,8 +313,7 @@ class BatchRunner:
 
     def _record_result(self, loaded: _Loaded, res: AnalysisResult, models: str, summary: BatchSummary) -> None:
         item = loaded.item
-        rel = safe_rel(item, loaded.image, loaded.sha256, self.options.phi)
-        shown_path = str(item.path) if rel == item.rel else rel.as_posix()
+        rel, shown_path = self._names(loaded)
         paths = output_paths(self.options.out_dir, rel)
         written: list[str] = []
         extra_warnings: list[str] = []
@@ -369,9 +360,13 @@ class BatchRunner:
         if self.on_row:
             self.on_row(record)
 
-    def _record_error(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
+    def _names(self, loaded: _Loaded) -> tuple[Path, str]:
+        """(output path relative to --out, path shown in rows/reports), both de-identified unless phi."""
         rel = safe_rel(loaded.item, loaded.image, loaded.sha256, self.options.phi)
-        shown = str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix()
+        return rel, (str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix())
+
+    def _record_error(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
+        _, shown = self._names(loaded)
         record = error_record(shown, loaded.error or "unknown error", loaded.seconds, loaded.sha256)
         self.journal.append(loaded.item.key, loaded.sha256, models, record)
         summary.errors += 1

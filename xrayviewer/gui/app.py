@@ -20,14 +20,13 @@ import numpy as np
 from .. import RESEARCH_NOTICE, __version__
 from ..errors import XRayViewerError
 from ..imaging import XRayImage, load_image
-from ..imaging.detect import sniff_format
 from ..imaging.types import WindowPreset
 from ..imaging.windowing import apply_window, to_uint8
 from ..fsutil import atomic_write_bytes
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import AnalysisResult
 from ..rendering import ViewState, measure, render_view, wl_from_drag
-from ..rendering.overlay import OverlayOptions, blend, compose_overlay, hex_to_rgb, view_layer
+from ..rendering.overlay import OverlayOptions, blend, compose_overlay, encode_png, hex_to_rgb, view_layer
 from ..settings import Settings
 from . import dialogs
 from .results_panel import ResultsPanel
@@ -45,18 +44,10 @@ PANEL_WIDTH = 300
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive) whose content is an image we can read."""
-    out = []
-    for p in sorted(folder.iterdir(), key=lambda q: q.name.lower()):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        try:
-            with open(p, "rb") as fh:
-                if sniff_format(fh.read(512)):
-                    out.append(p)
-        except OSError:
-            continue
-    return out
+    """Files in ``folder`` (not recursive) whose content is an image: the batch engine's rule."""
+    from ..batch import discover
+
+    return [item.path for item in discover([folder])[0]]
 
 
 class ViewerApp:
@@ -913,16 +904,10 @@ class ViewerApp:
                                heatmap=r.heatmap, options=replace(opts, legend=True))
 
     def export_png(self, path: Path) -> Path:
-        import io
-
-        from PIL import Image
-
         rgb = self.export_image()
         if rgb is None:
             raise XRayViewerError("nothing to export: open an image first")
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        return atomic_write_bytes(path, buf.getvalue())
+        return atomic_write_bytes(path, encode_png(rgb))
 
     def ask_export_png(self) -> None:
         if self.image is None:

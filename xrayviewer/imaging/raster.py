@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 
 import numpy as np
@@ -13,9 +14,6 @@ from .types import ImageMetadata, PatientInfo, XRayImage
 from .windowing import percentile_window, range_window, to_uint8, apply_window
 
 log = logging.getLogger(__name__)
-
-_GREY_MODES = {"L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F", "1", "LA", "PA"}
-
 
 def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayImage:
     """Decode a raster image; colour -> grey with a warning, first frame of multi-frame."""
@@ -45,7 +43,7 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"refused as a possible decompression bomb ({exc})", source) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct_error()) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise CorruptImageError(f"{fmt} data could not be decoded ({_short(exc)})", source) from exc
 
     mode = img.mode
@@ -117,12 +115,6 @@ def _to_grey_array(img, source: str) -> tuple[np.ndarray, int, str | None]:
     if spread > 8:
         return grey, 8, f"colour image ({mode}) converted to greyscale"
     return grey, 8, None
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error
 
 
 def _short(exc: BaseException) -> str:

@@ -196,3 +196,14 @@ def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:
         cv2.rectangle(img, (x0, y + 2), (x0 + int(16 * scale), y + line - 6), colour, -1)
         cv2.putText(img, text, (x0 + int(24 * scale), y + line - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
                     (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 grey/RGB array (label images keep their exact values)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

@@ -41,8 +41,3 @@ def safe_stem(path: str | Path, image: XRayImage | None, input_sha256: str, *, p
     if phi or not contains_phi(name, image):
         return name
     return f"image-{input_sha256[:12]}"
-
-
-def display_source(path: str | Path, image: XRayImage | None, input_sha256: str, *, phi: bool = False) -> str:
-    """How a report names its input: the file name, or its hash when the name carries PHI."""
-    return safe_stem(path, image, input_sha256, phi=phi)

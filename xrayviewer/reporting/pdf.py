@@ -22,7 +22,7 @@ from ..fsutil import atomic_write_bytes
 from ..imaging import XRayImage
 from ..inference.result import CLASS_NAMES, AnalysisResult
 from ..rendering.overlay import OverlayOptions, compose_overlay
-from .deid import display_source
+from .deid import safe_stem
 
 MAX_EMBED_PX = 1400  # long side of embedded images: sharp at print size, modest file size
 
@@ -130,7 +130,7 @@ class _Doc:
 def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     r, img = item.result, item.image
     p = doc.pdf
-    name = display_source(item.path, img, r.input_sha256, phi=phi)
+    name = safe_stem(item.path, img, r.input_sha256, phi=phi)
     doc.header(f"{name} - generated {generated}")
     md = img.metadata
     p.set_font("DejaVu", "", 8.5)
@@ -255,7 +255,7 @@ def write_pdf_report(items: Sequence[ReportItem], path: str | os.PathLike, *, ph
     if len(items) > 1:
         rows = []
         for it in items:
-            rec = it.result.to_record(display_source(it.path, it.image, it.result.input_sha256, phi=phi))
+            rec = it.result.to_record(safe_stem(it.path, it.image, it.result.input_sha256, phi=phi))
             rows.append(rec)
         _summary(doc, rows, generated=generated)
     for it in items:
