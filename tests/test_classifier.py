@@ -92,6 +92,26 @@ def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, d
                                atol=1e-5)
 
 
+def test_batched_heatmaps_equal_single_image_heatmaps(classifier: DiseaseClassifier, data_dir: Path) -> None:
+    """The analyzer's batched Grad-CAM gives each image the heatmap of its own top class."""
+    from xrayviewer.lung import LungSegmenter
+
+    root = data_dir / "covid-qu-ex" / "Val"
+    paths = [sorted((root / c / "images").glob("*.png"))[1] for c in ("COVID-19", "Normal", "Non-COVID")]
+    images = [_gray(p) for p in paths]
+    images[1] = images[1][:, 20:]  # another shape in the same batch
+    seg = LungSegmenter()
+    masks = [seg.segment(g).mask for g in images]
+    batched = classifier.predict_batch(images, lung_masks=masks, heatmap=True)
+    for img, mask, res in zip(images, masks, batched):
+        single = classifier.predict(img, mask, heatmap=True)
+        assert res.heatmap is not None and res.heatmap.shape == img.shape and res.heatmap_masked
+        assert res.top_class == single.top_class
+        np.testing.assert_allclose(res.probabilities, single.probabilities, atol=1e-5)
+        np.testing.assert_allclose(res.heatmap, single.heatmap, atol=1e-4)
+        assert float(res.heatmap.max()) == pytest.approx(1.0)  # normalised per image, not per batch
+
+
 def test_tampered_embedding_stats_raise(tmp_path: Path, card: modelstore.ModelCard) -> None:
     root = tmp_path / "models"
     shutil.copytree(card.directory, root / MODEL_NAME)

@@ -214,14 +214,27 @@ class DiseaseClassifier:
                                     np.asarray(emb, np.float32), heat, masked)
 
     def predict_batch(self, images: Sequence[np.ndarray], batch_size: int = 16,
-                      lung_masks: Sequence[np.ndarray | None] | None = None) -> list[ClassificationResult]:
-        """Calibrated scores and embeddings for several images (no heatmaps: cheap)."""
+                      lung_masks: Sequence[np.ndarray | None] | None = None,
+                      heatmap: bool = False) -> list[ClassificationResult]:
+        """Calibrated scores and embeddings for several images, batched through the network.
+
+        With ``heatmap=True`` each result also carries its Grad-CAM, computed in the same
+        batched pass (one forward and one backward per batch instead of per image); the
+        heatmap is masked with the given lung mask, unmasked where that is None.
+        """
         out: list[ClassificationResult] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            masks = (lung_masks[start:start + batch_size] if lung_masks is not None
+            chunk = [np.asarray(g) for g in images[start:start + batch_size]]
+            masks = (list(lung_masks[start:start + batch_size]) if lung_masks is not None
                      else [None] * len(chunk))
-            x = np.stack([self.model_input(g, m)[0] for g, m in zip(chunk, masks)])
+            prepared = [self.model_input(g, m) for g, m in zip(chunk, masks)]
+            x = np.stack([p[0] for p in prepared])
+            if heatmap:
+                logits, emb, cams = self._grad_cam(x)
+                for k, (g, m, (_, box)) in enumerate(zip(chunk, masks, prepared)):
+                    heat = self._cam_to_image(cams[k], box, g.shape[:2], m)
+                    out.append(self._result(logits[k], emb[k], heat, m is not None))
+                continue
             _, emb, logits = self._multi(x, training=False)
             for lg, e in zip(np.asarray(logits, np.float64), np.asarray(emb)):
                 out.append(self._result(lg, e, None, False))
@@ -233,31 +246,31 @@ class DiseaseClassifier:
         g = np.asarray(gray)
         if heatmap and lung_mask is None:
             lung_mask = self.lung_mask(g)
-        x, box = self.model_input(g, lung_mask)
-        if not heatmap:
-            return self.predict_batch([g], lung_masks=[lung_mask])[0]
-        logits, emb, cam = self._grad_cam(x[None])
-        heat = self._cam_to_image(cam, box, g.shape[:2], lung_mask)
-        return self._result(logits, emb, heat, lung_mask is not None)
+        return self.predict_batch([g], lung_masks=[lung_mask], heatmap=heatmap)[0]
 
     def _grad_cam(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Grad-CAM (Selvaraju et al. 2017) of the top class at feature resolution."""
+        """Grad-CAM (Selvaraju et al. 2017) of each image's top class, at feature resolution.
+
+        Returns logits (B, C), embeddings (B, D) and CAMs (B, h, w). The batch shares one
+        tape: the summed top logits have per-image gradients because inference mode has no
+        cross-image coupling (batch norm uses its moving statistics).
+        """
         import tensorflow as tf  # lazy
 
         xt = tf.convert_to_tensor(x, tf.float32)
         with tf.GradientTape() as tape:
             # Trainable weights are watched, so the path feats -> logits is recorded.
             feats, emb, logits = self._multi(xt, training=False)
-            top = int(tf.argmax(logits[0]))
-            score = tf.cast(logits[:, top], tf.float32)
+            top = tf.argmax(logits, axis=-1)
+            score = tf.reduce_sum(tf.gather(tf.cast(logits, tf.float32), top, axis=1, batch_dims=1))
         grads = tape.gradient(score, feats)
         feats = tf.cast(feats, tf.float32)
         if grads is None:  # pragma: no cover - graph without a path feats -> logits
             raise ModelError("Grad-CAM: no gradient from the top logit to the CAM layer",
                              self.card.weights_path)
         weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))[0]
-        return (np.asarray(logits[0], np.float64), np.asarray(emb[0], np.float32),
+        cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))
+        return (np.asarray(logits, np.float64), np.asarray(emb, np.float32),
                 np.asarray(cam, np.float32))
 
     @staticmethod

@@ -199,7 +199,11 @@ class Analyzer:
         t = time.perf_counter()
         scores: dict[int, Any] = {}
         if todo:
-            batch = self._classifier.predict_batch([grays[i] for i in todo], lung_masks=[lungs[i].mask for i in todo])
+            # One batched pass gives scores, the embedding for the gate and (if asked) the
+            # Grad-CAM heatmaps; a heatmap of an image the gate then refuses is discarded.
+            batch = self._classifier.predict_batch([grays[i] for i in todo],
+                                                   lung_masks=[lungs[i].mask for i in todo],
+                                                   heatmap=self.heatmap)
             for i, res in zip(todo, batch):
                 g = self._gate.check_embedding(res.embedding, self._classifier.embedding_stats)
                 if g is not None:
@@ -207,10 +211,6 @@ class Analyzer:
                 else:
                     scores[i] = res
         accepted = [i for i in todo if verdicts[i] is None]
-        if self.heatmap:
-            for i in accepted:
-                cancel.check()
-                scores[i] = self._classifier.predict(grays[i], lungs[i].mask, heatmap=True)
         self._split(timings, "classifier", time.perf_counter() - t, todo)
         cancel.check()
 
