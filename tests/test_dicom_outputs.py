@@ -41,7 +41,7 @@ def test_segmentation_round_trip(tmp_path: Path, analysed) -> None:
     assert sc.StudyInstanceUID == seg.StudyInstanceUID != img.dataset.StudyInstanceUID
     assert sc.pixel_array.shape == (169, 211, 3)
     for ds in (seg, sc):
-        assert str(ds.PatientName) == "ANONYMOUS" and ds.PatientIdentityRemoved == "YES"
+        assert ds.PatientName.family_name == "ANONYMOUS" and ds.PatientIdentityRemoved == "YES"
         assert "123456" not in str(ds.PatientID) and not ds.get("PatientBirthDate")
         text = str(ds)
         assert "Dog^AVeryGood" not in text and "16387a" not in text

@@ -99,6 +99,12 @@ def test_random_bytes_with_signatures(data: bytes) -> None:
     b"\0" * 128 + b"DICM",  # preamble and nothing else
     b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff",  # element length past the end
     b"\x08\x00\x16\x00UI\x1c\x00",  # bare dataset cut inside the first value
-])
+    bytes.fromhex(  # TIFF whose next IFD lacks dimensions: Pillow raised TypeError (atheris, 2026-11-23)
+        "49492a0008000000090000010400010000005000000001010400010000006000"
+        "0000020103000100000010000000030103000100000001000000060103000100"
+        "00000100000011010400010000007a0000001601040001000000600000001701"
+        "040001000000003c00001c010300010000000100ffffffffffffffff00000000"
+    ),
+], ids=["preamble-only", "length-past-end", "bare-dataset-cut", "tiff-missing-dimensions"])
 def test_pinned_regressions(case: bytes) -> None:
     _check(case)

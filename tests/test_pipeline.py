@@ -161,7 +161,7 @@ def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir
     seg = pydicom.dcmread(write_segmentation(results[1], images[1], tmp_path / "a.seg.dcm"))
     assert seg.pixel_array.shape[-2:] == (2128, 2000)
     sc = pydicom.dcmread(write_secondary_capture(results[1], images[1], tmp_path / "a.sc.dcm"))
-    assert sc.StudyInstanceUID == seg.StudyInstanceUID and str(sc.PatientName) == "ANONYMOUS"
+    assert sc.StudyInstanceUID == seg.StudyInstanceUID and sc.PatientName.family_name == "ANONYMOUS"
 
 
 def test_gui_shows_the_pipelines_values(analyzer: Analyzer, display: str, tmp_path: Path, dicom_dir: Path,

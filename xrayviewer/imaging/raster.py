@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
 import warnings
 
 import numpy as np
@@ -43,11 +42,16 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"refused as a possible decompression bomb ({exc})", source) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+    except Exception as exc:  # Pillow's plugins raise many types on malformed files (TypeError, KeyError, ...)
         raise CorruptImageError(f"{fmt} data could not be decoded ({_short(exc)})", source) from exc
 
     mode = img.mode
-    arr, bits, note = _to_grey_array(img, source)
+    try:
+        arr, bits, note = _to_grey_array(img, source)
+    except (CorruptImageError, UnsupportedImageError):
+        raise
+    except Exception as exc:  # a mode Pillow decoded but cannot convert
+        raise UnsupportedImageError(f"pixel mode {mode} could not be converted ({_short(exc)})", source) from exc
     if note:
         notes.append(note)
     if arr.ndim != 2:

@@ -57,7 +57,7 @@ def deidentify(ds: Any) -> Any:
 
     out = copy.deepcopy(ds)
     pid = str(ds.get("PatientID", "")) + str(ds.get("PatientName", ""))
-    out.PatientName = "ANONYMOUS"
+    out.PatientName = "ANONYMOUS^"  # family name only (a bare single component is ambiguous)
     out.PatientID = "XRV-" + hashlib.sha256(pid.encode()).hexdigest()[:12]
     for kw in REMOVE:
         if kw in out:
