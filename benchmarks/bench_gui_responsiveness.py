@@ -46,6 +46,14 @@ class Ticker:
         return g
 
 
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return float("nan")
+
+
 def pump(root, cond, timeout: float = 600) -> None:  # noqa: ANN001
     end = time.monotonic() + timeout
     while not cond() and time.monotonic() < end:
@@ -86,15 +94,18 @@ def main() -> None:
     pump(root, lambda: time.monotonic() > t_end)
     single = ticker.take()
     src = Path(tempfile.mkdtemp())
-    files = sorted((data_dir() / "covid-qu-ex" / "Val").glob("*/images/*.png"))[: args.batch]
-    for f in files:
-        os.symlink(f, src / f.name)
+    pool = sorted((data_dir() / "covid-qu-ex" / "Val").glob("*/images/*.png"))
+    files = [pool[k % len(pool)] for k in range(args.batch)]  # repeated under distinct names past 632
+    for k, f in enumerate(files):
+        os.symlink(f, src / f"{k:05d}_{f.name}")
+    rss0 = _rss_mb()
     dlg = app.show_batch(src)
     dlg.out_var.set(str(Path(tempfile.mkdtemp()) / "out"))
     dlg.start()
     pump(root, lambda: dlg.summary is not None or dlg.error is not None)
     batch = ticker.take()
     ticker.running = False
+    log.info("batch: %s; RSS %.0f MB before, %.0f MB after", dlg.summary, rss0, _rss_mb())
     log.info("| phase | ticks | median gap ms | p99 ms | max ms |")
     log.info("|---|---|---|---|---|")
     describe("idle (baseline)", idle)
