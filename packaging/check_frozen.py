@@ -1,7 +1,8 @@
 """Check a PyInstaller build the way a user would use it (CI runs this after building).
 
 1. ``xrayviewer-cli --version`` matches the single version source;
-2. ``xrayviewer-cli --self-test`` passes (models + hashes, codecs, one analysis);
+2. ``xrayviewer-cli --self-test`` passes (models + hashes, codecs, one analysis, and with a
+   display the viewer's image path through Tk);
 3. ``xrayviewer-cli analyze`` on real files from ``shared/data`` (a COVID-19 film, a normal
    film, two compressed chest DICOMs, a CT slice) writes the documented outputs, with the
    chest films scored, the CT refused and nothing failed;
@@ -71,7 +72,12 @@ def check(bundle: Path, data: Path) -> dict[str, float]:
         raise CheckFailed("tests or the training module were bundled")
 
     out, self_test_s = _run([str(cli), "--self-test"])
-    log.info("self-test (%.1f s): %s", self_test_s, out.strip().splitlines()[-1])
+    verdict = next((line for line in out.splitlines() if "self-test:" in line), "")
+    if ": OK" not in verdict:
+        raise CheckFailed(f"self-test verdict missing or not OK: {out[-2000:]}")
+    if os.environ.get("DISPLAY") and "viewer ok" not in verdict:
+        raise CheckFailed(f"the viewer was not checked although a display is set: {verdict}")
+    log.info("self-test (%.1f s): %s", self_test_s, verdict)
 
     files = [
         sorted((data / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0],

@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -312,14 +312,16 @@ def setup_logging(verbosity: int) -> None:
     logging.captureWarnings(True)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         self_test_steps: Sequence[tuple[str, Callable[[], str | None]]] = ()) -> int:
+    """Run the command line; ``self_test_steps`` are extra ``--self-test`` checks (the viewer's)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.self_test:
         from .selftest import run_self_test
 
-        return run_self_test(out or sys.stdout)
+        return run_self_test(out or sys.stdout, extra_steps=self_test_steps)
     if args.command is None:
         parser.print_help(out or sys.stdout)
         return 0

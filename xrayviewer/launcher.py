@@ -16,6 +16,8 @@ from .cli import COMMANDS, main as cli_main, setup_logging
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--self-test" in args:
+        return cli_main(args, self_test_steps=[("viewer", _check_viewer)])
     if args and (args[0] in COMMANDS or args[0].startswith("-")):
         return cli_main(args)
     if args and args[0] == "view":
@@ -25,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .gui.app import run  # Tk loads only when the viewer is wanted
 
     return run(args)
+
+
+def _check_viewer() -> str:
+    from .gui.selftest import check_gui  # Tk loads only for this check
+
+    return check_gui()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import numpy as np
@@ -88,7 +88,13 @@ def codec_samples(pixels: np.ndarray) -> dict[str, bytes]:
     return out
 
 
-def run_self_test(out: TextIO, *, analyze: bool = True) -> int:
+def run_self_test(out: TextIO, *, analyze: bool = True,
+                  extra_steps: Sequence[tuple[str, Callable[[], str | None]]] = ()) -> int:
+    """Run every check, print one line, return 0 only if all passed.
+
+    ``extra_steps`` lets the composition root add the viewer's check (this module may not
+    import the GUI).
+    """
     problems: list[str] = []
     notes: list[str] = []
 
@@ -145,6 +151,8 @@ def run_self_test(out: TextIO, *, analyze: bool = True) -> int:
             return f"analysis ran on {a.device} in {time.perf_counter() - t0:.1f} s ({r.status})"
 
         step("analysis", analysis)
+    for name, fn in extra_steps:
+        step(name, fn)
     if problems:
         out.write(f"xrayviewer {__version__} self-test: FAILED - " + " | ".join(problems) + "\n")
         return 1
