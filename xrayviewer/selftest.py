@@ -129,12 +129,14 @@ def run_self_test(out: TextIO, *, analyze: bool = True,
     step("codecs", codecs)
 
     def models() -> str:
-        from .inference.analyzer import model_names, require_models
+        from .inference.analyzer import _bundled, model_names, require_models
 
         bad = require_models()
         if bad:
             raise ValueError("; ".join(bad))
-        return f"{len(model_names())} models verified"
+        present = [n for n in model_names() if _bundled(n, None)]
+        missing = [n for n in model_names() if n not in present]
+        return f"{len(present)} models verified" + (f" ({', '.join(missing)} not installed)" if missing else "")
 
     step("models", models)
 
