@@ -105,7 +105,9 @@ def main() -> None:
     pump(root, lambda: dlg.summary is not None or dlg.error is not None)
     batch = ticker.take()
     ticker.running = False
-    log.info("batch: %s; RSS %.0f MB before, %.0f MB after", dlg.summary, rss0, _rss_mb())
+    s = dlg.summary
+    log.info("batch: %d images, ok %d, refused %d, errors %d in %.0f s; RSS %.0f MB before, %.0f MB after",
+             s.total, s.ok, s.refused, s.errors, s.seconds, rss0, _rss_mb())
     log.info("| phase | ticks | median gap ms | p99 ms | max ms |")
     log.info("|---|---|---|---|---|")
     describe("idle (baseline)", idle)
