@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from xrayviewer.imaging import load_image
-from xrayviewer.inference.analyzer import OPACITY_MISSING, Analyzer
+from xrayviewer.inference.analyzer import OPACITY_MISSING, Analyzer, model_names
 from xrayviewer.inference.control import AnalysisCancelled, CancelToken
 from xrayviewer.inference.result import CSV_COLUMNS
 
@@ -40,14 +40,33 @@ def test_covid_films_get_opacity_and_covid_leaning_scores(analyzer: Analyzer, da
         assert r.lung_labels.shape == r.image_shape and set(np.unique(r.lung_labels)) <= {0, 1, 2}
         assert r.heatmap is not None and r.heatmap.shape == r.image_shape
         assert float(r.heatmap[r.lung_labels == 0].max(initial=0)) == 0.0  # masked to the lungs
-    if analyzer.has_opacity:
-        with_opacity = [r for r in accepted if r.involvement_pct["total"] > 0 and r.regions]
-        assert len(with_opacity) >= len(accepted) // 2
-        for r in accepted:
-            assert all(0 <= v <= 100 for v in r.involvement_pct.values())
-            assert r.opacity_mask.shape == r.image_shape and not np.any(r.opacity_mask & (r.lung_labels == 0))
-    else:  # said, not hidden
-        assert all(OPACITY_MISSING in r.warnings and r.involvement_pct is None for r in accepted)
+    assert analyzer.has_opacity  # bundled: its absence must fail here, not skip
+    with_opacity = [r for r in accepted if r.involvement_pct["total"] > 0 and r.regions]
+    assert len(with_opacity) >= len(accepted) // 2
+    for r in accepted:
+        assert OPACITY_MISSING not in r.warnings
+        assert all(0 <= v <= 100 for v in r.involvement_pct.values())
+        assert r.opacity_mask.shape == r.image_shape and not np.any(r.opacity_mask & (r.lung_labels == 0))
+        assert r.severity in ("none", "mild", "moderate", "severe")
+
+
+def test_without_the_opacity_model_results_say_so(tmp_path: Path, data_dir: Path) -> None:
+    """An installation without the (optional) opacity model still analyses, and every result
+    says the opacity figures are missing instead of showing none."""
+    import shutil
+
+    from xrayviewer import modelstore
+    from xrayviewer.opacity import MODEL_NAME as OPACITY
+
+    for name in model_names():
+        if name != OPACITY:
+            shutil.copytree(modelstore.models_dir() / name, tmp_path / name)
+    a = Analyzer(models_root=tmp_path)
+    assert not a.has_opacity
+    results = a.analyze_batch([load_image(p) for p in _val(data_dir, "COVID-19", 3)])
+    accepted = [r for r in results if r.gate.accepted]
+    assert accepted
+    assert all(OPACITY_MISSING in r.warnings and r.involvement_pct is None for r in accepted)
 
 
 def test_normal_films_are_mostly_clean(analyzer: Analyzer, data_dir: Path) -> None:
@@ -55,9 +74,8 @@ def test_normal_films_are_mostly_clean(analyzer: Analyzer, data_dir: Path) -> No
     accepted = [r for r in results if r.gate.accepted]
     assert len(accepted) >= 7
     assert np.mean([r.probabilities["Normal"] for r in accepted]) > np.mean([r.probabilities["COVID-19"] for r in accepted])
-    if analyzer.has_opacity:
-        clean = [r for r in accepted if r.involvement_pct["total"] < 5]
-        assert len(clean) >= len(accepted) - 2
+    clean = [r for r in accepted if r.involvement_pct["total"] < 5]
+    assert len(clean) >= len(accepted) - 2
 
 
 def test_ct_slice_and_non_xray_are_refused(analyzer: Analyzer, dicom_dir: Path, data_dir: Path) -> None:
