@@ -279,3 +279,32 @@ def test_settings_dialog_applies_and_persists(app, dicom_dir: Path) -> None:
     assert app.overlay_options().right_color == (0, 255, 0)
     app.reset_view()
     assert app.window.name == "Full range"
+
+
+def test_configure_without_a_size_change_does_not_redraw(app, dicom_dir: Path) -> None:
+    """Tk re-sends <Configure> when the layout is recomputed (the results panel filling in):
+    an unchanged size must not cost a second full redraw on the Tk thread; a real resize
+    re-fits and redraws once, however many events it sends."""
+    app.open_path(dicom_dir / "966_fixed.dcm")
+    pump(app, lambda: app.image is not None)
+    for _ in range(5):
+        app.root.update()
+    calls: list[float] = []
+    original = app.redraw
+
+    def counting() -> None:
+        calls.append(time.monotonic())
+        original()
+
+    app.redraw = counting
+    w, h = app.state.canvas_size
+    app._on_resize(w, h)
+    app.root.update()
+    assert calls == []
+    app._on_resize(w - 120, h - 40)
+    app._on_resize(w - 100, h - 30)
+    app.root.update()
+    assert len(calls) == 1
+    assert app.state.canvas_size == (w - 100, h - 30)
+    view = app.render_current()
+    assert view.shape[::-1] == (w - 100, h - 30)
