@@ -21,7 +21,8 @@ class ResultsPanel(ttk.Frame):
         self.verdict.pack(fill="x", pady=(2, 4))
         self.bars = tk.Canvas(self, width=width, height=86, highlightthickness=0, background=self._bg())
         self.bars.pack(fill="x")
-        self.details = tk.Text(self, width=38, height=11, wrap="word", relief="flat", background=self._bg(),
+        # 15 lines: opacity figures, operating point, timings and all four model versions.
+        self.details = tk.Text(self, width=38, height=15, wrap="word", relief="flat", background=self._bg(),
                                font=("TkDefaultFont", 9))
         self.details.pack(fill="x")
         self.details.tag_configure("key", foreground="#555555")
