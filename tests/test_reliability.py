@@ -167,3 +167,76 @@ def test_long_batch_keeps_memory_threads_and_files_flat(tmp_path: Path, data_dir
     assert max(steady) - steady[0] < 15, samples
     rows = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert len(rows) == n + 1
+
+
+LEAK_PROBE = r"""
+import os, sys
+from xrayviewer.errors import CorruptImageError
+from xrayviewer.imaging import load_image
+data = open(sys.argv[1], "rb").read()
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def once():
+    try:
+        load_image(data, name="bad-jpeg-ls.dcm")
+    except CorruptImageError as exc:
+        assert "JPEG-LS" in str(exc), exc
+    else:
+        raise SystemExit("the corrupt stream decoded")
+once(); once()  # warm-up: the first loads set the allocator's high-water mark
+before = rss_mb()
+for _ in range(10):
+    once()
+print(rss_mb() - before)
+"""
+
+
+def test_corrupt_jpeg_ls_does_not_leak_memory(tmp_path: Path) -> None:
+    """The atheris job found that a corrupt JPEG-LS stream made pylibjpeg-libjpeg leak its
+    output buffer on every attempt (~16 MB per load of a 2048x2048 image). The stream is
+    built here: encode with CharLS, then mutate bytes until both decoders reject it; memory
+    is measured in a fresh process (pytest's log capture keeps tracebacks, and their arrays,
+    alive until the test ends)."""
+    import io
+    import random
+
+    import jpeg_ls
+    import libjpeg
+    import numpy as np
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from factories import make_dicom
+
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("needs /proc (Linux)")
+    pixels = (np.add.outer(np.arange(2048), np.arange(2048)) % 4096).astype(np.uint16)
+    stream = bytes(jpeg_ls.encode(pixels))
+    rng = random.Random(1)
+    bad = None
+    for _ in range(300):
+        d = bytearray(stream)
+        for _ in range(3):
+            d[rng.randrange(len(d))] = rng.randrange(256)
+        d = bytes(d)
+        try:
+            jpeg_ls.decode(np.frombuffer(d, np.uint8))
+            continue
+        except Exception:
+            pass
+        try:
+            libjpeg.decode(d)
+        except Exception:
+            bad = d
+            break
+    assert bad is not None, "no stream that both decoders reject"
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels, transfer_syntax="1.2.840.10008.1.2.4.80")))
+    ds.PixelData = encapsulate([bad])
+    path = tmp_path / "bad-jpeg-ls.dcm"
+    ds.save_as(path)
+    out = subprocess.run([sys.executable, "-c", LEAK_PROBE, str(path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = float(out.stdout.strip().splitlines()[-1])
+    assert growth < 40, f"RSS grew {growth:.0f} MB over ten loads of a corrupt JPEG-LS file"  # was ~160

@@ -201,6 +201,26 @@ def _build(ds: Any, data: bytes, source: str, *, max_pixels: int) -> XRayImage:
     )
 
 
+# pylibjpeg-libjpeg leaks its output buffer (about 4 bytes per pixel, ~15 MB for a 1760x2140
+# film) every time it fails on a corrupt JPEG-LS stream (measured 2026-11-23 with
+# pylibjpeg-libjpeg 2.5.0; found by the atheris job). JPEG-LS is exactly specified, so CharLS
+# (pyjpegls, installed with highdicom) decodes valid files to the same pixels: use it alone
+# for JPEG-LS. Other syntaxes keep pydicom's order, whose decoders differ slightly for lossy
+# JPEG (IDCT), so switching them would change the pixels of valid files.
+_JPEG_LS_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+})
+
+
+def _plugin_for(ts_uid: str, decoder: Any) -> str:
+    """The pixel-data plugin to use ('' = pydicom's own order with fallback)."""
+    if ts_uid in _JPEG_LS_SYNTAXES:
+        if "pyjpegls" in decoder.available_plugins:
+            return "pyjpegls"
+    return ""
+
+
 def _decode_first_frame(ds: Any, source: str, ts_uid: str, ts_name: str, rows: int, cols: int) -> np.ndarray:
     from pydicom.pixels import get_decoder, pixel_array
 
@@ -214,7 +234,7 @@ def _decode_first_frame(ds: Any, source: str, ts_uid: str, ts_name: str, rows: i
             f"transfer syntax {ts_name} needs a codec that is not installed: install {hint}", source
         )
     try:
-        arr = pixel_array(ds, index=0)
+        arr = pixel_array(ds, index=0, decoding_plugin=_plugin_for(ts_uid, decoder))
     except MemoryError as exc:
         raise ImageTooLargeError("not enough memory to decode the pixel data", source) from exc
     except Exception as exc:  # decoders raise RuntimeError/ValueError/etc. on bad streams
