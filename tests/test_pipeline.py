@@ -170,6 +170,12 @@ def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir
     pdf = write_pdf_report(items, tmp_path / "report.pdf")
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert text.count("Chest X-ray analysis report") == 4  # summary + one page per image
+    # Each image's report fits on one page, also with opacity regions to list.
+    single = write_pdf_report(items[:1], tmp_path / "single.pdf")
+    info = subprocess.run(["pdfinfo", str(single)], capture_output=True, text=True, check=True).stdout
+    import re
+
+    assert results[0].regions and re.search(r"^Pages:\s+1$", info, re.M), info
     assert "Batch summary - 3 image(s)" in text and "NOT SCORED" in text and "modality CT" in text
     covid = results[0].probabilities["COVID-19"]
     assert f"{covid * 100:.1f} %" in text

@@ -150,7 +150,10 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
                               options=OverlayOptions(alpha=0.35, legend=False))  # colours explained below
     y = p.get_y() + 2
     avail_w = (p.w - p.l_margin - p.r_margin - 6) / 2
-    max_h = 92.0
+    # Keep the page to one A4 sheet: the images give up the height the region table and the
+    # warnings take (a 4.2 mm row each), down to 50 mm.
+    extra_rows = max(0, len(r.regions) - 1) + 2 * len(r.warnings)
+    max_h = max(50.0, 80.0 - 4.2 * extra_rows)
     aspect = plain.shape[0] / plain.shape[1]
     w = min(avail_w, max_h / aspect)
     h = w * aspect
