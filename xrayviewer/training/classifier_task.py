@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -78,20 +79,29 @@ def split_records(data_dir: Path, split: dict, max_images: int | None
     return train, val, ieee
 
 
-def _fingerprints(records: list[Record], cache: Path | None) -> np.ndarray:
-    """DATA.md fingerprints, cached by image path (they take ~20 s for the bundle)."""
+def _cached_per_image(records: list[Record], cache: Path | None, field: str,
+                      compute: Callable[[list[Record]], list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays keyed by image path, kept in an .npz cache; ``compute`` runs only on the missing."""
     store: dict[str, np.ndarray] = {}
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
-            store = dict(zip(z["keys"].tolist(), z["fp"]))
+            store = dict(zip(z["keys"].tolist(), z[field]))
     missing = [r for r in records if r.image not in store]
     if missing:
-        with ThreadPoolExecutor(2) as ex:
-            fps = list(ex.map(lambda r: fingerprint(read_gray(r.image)), missing))
-        store.update({r.image: f for r, f in zip(missing, fps)})
+        store.update({r.image: a for r, a in zip(missing, compute(missing))})
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, keys=np.array(list(store)), fp=np.stack(list(store.values())))
+            np.savez(cache, keys=np.array(list(store)), **{field: np.stack(list(store.values()))})
+    return store
+
+
+def _fingerprints(records: list[Record], cache: Path | None) -> np.ndarray:
+    """DATA.md fingerprints, cached by image path (they take ~20 s for the bundle)."""
+    def compute(missing: list[Record]) -> list[np.ndarray]:
+        with ThreadPoolExecutor(2) as ex:
+            return list(ex.map(lambda r: fingerprint(read_gray(r.image)), missing))
+
+    store = _cached_per_image(records, cache, "fp", compute)
     return np.stack([store[r.image] for r in records]).astype(np.float32)
 
 
@@ -121,26 +131,21 @@ def _lung_masks(grays: list[np.ndarray]) -> list[np.ndarray | None]:
 def load_inputs(records: list[Record], size: int, mode: str, cache_dir: Path | None) -> np.ndarray:
     """(N, S, S, 1) float32 model inputs made by the app's own preprocessing, cached."""
     cache = cache_dir / f"inputs_{mode}_{size}.npz" if cache_dir else None
-    store: dict[str, np.ndarray] = {}
-    if cache is not None and cache.is_file():
-        with np.load(cache) as z:
-            store = dict(zip(z["keys"].tolist(), z["x"]))
-    missing = [r for r in records if r.image not in store]
-    if missing:
+    if mode not in ("full", "lung_crop"):
+        raise ValueError(f"unknown input mode {mode!r}")
+
+    def compute(missing: list[Record]) -> list[np.ndarray]:
         t0 = time.time()
         with ThreadPoolExecutor(2) as ex:
             grays = list(ex.map(lambda r: read_gray(r.image), missing))
         if mode == "lung_crop":
             masks = _lung_masks(grays)
             grays = [crop_to_lungs(g, m)[0] for g, m in zip(grays, masks)]
-        elif mode != "full":
-            raise ValueError(f"unknown input mode {mode!r}")
         xs = [prepare_for_model(g, size).astype(np.float16) for g in grays]
-        store.update({r.image: x for r, x in zip(missing, xs)})
         log.info("prepared %d %s inputs in %.1fs", len(missing), mode, time.time() - t0)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, keys=np.array(list(store)), x=np.stack(list(store.values())))
+        return xs
+
+    store = _cached_per_image(records, cache, "x", compute)
     if not records:
         return np.zeros((0, size, size, 1), np.float32)
     return np.stack([store[r.image] for r in records]).astype(np.float32)
