@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,4 +118,13 @@ def chest_phantom(size: int = 128) -> np.ndarray:
     for cx in (0.3, 0.7):
         img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] = 0.2
     img[np.abs(xx - 0.5) < 0.06] = 0.95
+    return img
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """A real data-bundle image as grey uint8 (the bundled-model tests' input)."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert img is not None, f"cannot read {path}"
     return img

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import read_gray
 
 from xrayviewer import modelstore
 from xrayviewer.classifier import MODEL_NAME, DiseaseClassifier
@@ -26,13 +27,6 @@ def card() -> modelstore.ModelCard:
 def classifier() -> DiseaseClassifier:
     return DiseaseClassifier()
 
-
-def _gray(path: Path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    assert img is not None, path
-    return img
 
 
 def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
@@ -58,7 +52,7 @@ def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
 def test_weak_correctness_on_fixed_sample(card: modelstore.ModelCard, classifier: DiseaseClassifier,
                                           data_dir: Path) -> None:
     wc = card.raw["weak_check"]
-    images = [_gray(data_dir / k) for k in wc["images"]]
+    images = [read_gray(data_dir / k) for k in wc["images"]]
     y = np.array([CLASSES.index(c) for c in wc["labels"]])
     results = classifier.predict_batch(images)
     probs = np.stack([r.probabilities for r in results])
@@ -76,7 +70,7 @@ def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, d
     from xrayviewer.lung import LungSegmenter
 
     path = sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0]
-    img = _gray(path)
+    img = read_gray(path)
     res = classifier.predict(img)
     assert res.heatmap is not None and res.heatmap.shape == img.shape
     assert res.heatmap.dtype == np.float32
@@ -98,7 +92,7 @@ def test_batched_heatmaps_equal_single_image_heatmaps(classifier: DiseaseClassif
 
     root = data_dir / "covid-qu-ex" / "Val"
     paths = [sorted((root / c / "images").glob("*.png"))[1] for c in ("COVID-19", "Normal", "Non-COVID")]
-    images = [_gray(p) for p in paths]
+    images = [read_gray(p) for p in paths]
     images[1] = images[1][:, 20:]  # another shape in the same batch
     seg = LungSegmenter()
     masks = [seg.segment(g).mask for g in images]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import read_gray
 
 from xrayviewer import modelstore
 from xrayviewer.errors import ModelError
@@ -29,13 +30,6 @@ def card() -> modelstore.ModelCard:
 def segmenter() -> LungSegmenter:
     return LungSegmenter()
 
-
-def _gray(path: Path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    assert img is not None, path
-    return img
 
 
 def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
@@ -106,17 +100,17 @@ def test_weak_check_reproduces_recorded_dice(card: modelstore.ModelCard, segment
 
     weak = card.raw["weak_check"]
     images = [data_dir / rel for rel in weak["images"]]
-    results = segmenter.segment_batch([_gray(p) for p in images])
+    results = segmenter.segment_batch([read_gray(p) for p in images])
     dices = []
     for p, res in zip(images, results):
-        truth = _gray(p.parent.parent / "lung masks" / p.name) > 127
+        truth = read_gray(p.parent.parent / "lung masks" / p.name) > 127
         dices.append(segmentation_metrics(res.mask, truth)["dice"])
     assert abs(float(np.mean(dices)) - weak["dice_mean"]) <= WEAK_CHECK_TOLERANCE
     assert float(np.mean(dices)) >= 0.95
 
 
 def _val_image(data_dir: Path) -> np.ndarray:
-    return _gray(min((data_dir / "covid-qu-ex" / "Val" / "Normal" / "images").glob("*.png")))
+    return read_gray(min((data_dir / "covid-qu-ex" / "Val" / "Normal" / "images").glob("*.png")))
 
 
 def test_right_lung_is_on_image_left(segmenter: LungSegmenter, data_dir: Path) -> None:

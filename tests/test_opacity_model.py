@@ -1,7 +1,7 @@
 """The bundled opacity generator: integrity, weak correctness on real films, app figures.
 
-Skipped (with the reason shown by ``-ra``) until ``models/opacity_generator/`` is bundled;
-the code paths themselves are covered without the bundle by tests/test_training_opacity.py.
+The generator is part of the bundle, so a missing one fails here (no skip); the training code
+paths are covered without the bundle by tests/test_training_opacity.py.
 """
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import read_gray
 
 from xrayviewer import modelstore
 from xrayviewer.opacity import MODEL_NAME, OpacityDetector, involvement
 from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
-
-if not (modelstore.models_dir() / MODEL_NAME / modelstore.CARD_FILE).is_file():
-    pytest.skip(f"models/{MODEL_NAME} is not bundled yet (README 'Opacity model' says how to train "
-                "and export it)", allow_module_level=True)
 
 WEAK_DICE_TOLERANCE = 0.02
 
@@ -32,13 +29,6 @@ def detector() -> OpacityDetector:
     return OpacityDetector()
 
 
-def _gray(path: Path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    assert img is not None, path
-    return img
-
 
 def _lungs(card: modelstore.ModelCard, images: list[np.ndarray], paths: list[Path]) -> list[np.ndarray]:
     """Lung labels from the same source the card's evaluation used."""
@@ -46,7 +36,7 @@ def _lungs(card: modelstore.ModelCard, images: list[np.ndarray], paths: list[Pat
         from xrayviewer.lung import LungSegmenter
 
         return [r.labels for r in LungSegmenter().segment_batch(images)]
-    return [split_lungs(_gray(p.parent.parent / "lung masks" / p.name) > 127) for p in paths]
+    return [split_lungs(read_gray(p.parent.parent / "lung masks" / p.name) > 127) for p in paths]
 
 
 def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
@@ -72,11 +62,11 @@ def test_weak_check_on_real_films(card: modelstore.ModelCard, detector: OpacityD
 
     weak = card.raw["weak_check"]
     paths = [data_dir / rel for rel in weak["images"]]
-    images = [_gray(p) for p in paths]
+    images = [read_gray(p) for p in paths]
     results = detector.analyze_batch(images, _lungs(card, images, paths))
     covid_dice, normal_any, covid_inv, normal_inv = [], 0, [], []
     for p, res in zip(paths, results):
-        truth = _gray(p.parent.parent / "infection masks" / p.name) > 127
+        truth = read_gray(p.parent.parent / "infection masks" / p.name) > 127
         if "/COVID-19/" in str(p):
             covid_dice.append(segmentation_metrics(res.mask, truth)["dice"])
             covid_inv.append(res.involvement_pct["total"])
@@ -97,7 +87,7 @@ def test_involvement_consistent_with_masks(card: modelstore.ModelCard, detector:
 
     folder = data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images"
     paths = sorted(folder.glob("*.png"))[:4]
-    images = [_gray(p) for p in paths]
+    images = [read_gray(p) for p in paths]
     lungs = _lungs(card, images, paths)
     # one film at another size: figures are resolution independent (within resampling noise)
     images.append(cv2.resize(images[0], (512, 640)))
