@@ -308,3 +308,33 @@ def test_configure_without_a_size_change_does_not_redraw(app, dicom_dir: Path) -
     assert app.state.canvas_size == (w - 100, h - 30)
     view = app.render_current()
     assert view.shape[::-1] == (w - 100, h - 30)
+
+
+def test_export_dialogs_suggest_deidentified_names(app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PNG and PDF save dialogs suggest the input's name unless it carries the file's own
+    patient data (then its hash), like batch outputs; the chosen file is written."""
+    from factories import make_dicom
+
+    from xrayviewer.gui import app as app_module
+
+    offered: list[str] = []
+
+    def fake_dialog(**kw) -> str:
+        offered.append(kw["initialfile"])
+        return str(tmp_path / kw["initialfile"])
+
+    monkeypatch.setattr(app_module.filedialog, "asksaveasfilename", fake_dialog)
+    for name, leaks in (("Doe_Jane_chest.dcm", True), ("study-17.dcm", False)):
+        path = tmp_path / name
+        path.write_bytes(make_dicom(patient_name="Doe^Jane"))
+        app.open_path(path)
+        pump(app, lambda p=path: app.path == p and app.image is not None)
+        app.ask_export_png()
+        pump(app, lambda: len(offered) >= 1)
+        suggested = offered.pop()
+        assert "Doe" not in suggested and suggested.endswith(".overlay.png")
+        assert (tmp_path / suggested).is_file()
+        if leaks:
+            assert suggested.startswith("image-")
+        else:
+            assert suggested == "study-17.dcm.overlay.png"

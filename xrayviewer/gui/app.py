@@ -841,15 +841,23 @@ class ViewerApp:
         if self.analysis is None:
             self.set_status("Analyse the image first (A): a report needs an analysis")
             return
+        self._ask_export("Export PDF report", ".report.pdf", ("PDF", "*.pdf"), self.export_pdf, "Report written")
+
+    def _ask_export(self, title: str, suffix: str, filetype: tuple[str, str], export: Any, done: str) -> None:
+        """Save dialog + export. The suggested name is de-identified the way batch outputs are
+        (the input's name unless it contains the file's own patient data, else its hash)."""
+        from ..inference.analyzer import pixel_sha256
         from ..reporting.deid import safe_stem
 
-        stem = safe_stem(self.path or "image", self.image, self.analysis.input_sha256)
-        path = filedialog.asksaveasfilename(parent=self.root, title="Export PDF report", defaultextension=".pdf",
-                                            initialfile=f"{stem}.report.pdf", filetypes=[("PDF", "*.pdf")])
+        assert self.image is not None
+        digest = self.analysis.input_sha256 if self.analysis is not None else pixel_sha256(self.image)
+        stem = safe_stem(self.path or "image", self.image, digest)
+        path = filedialog.asksaveasfilename(parent=self.root, title=title, defaultextension=suffix[-4:],
+                                            initialfile=f"{stem}{suffix}", filetypes=[filetype])
         if path:
             try:
-                self.export_pdf(Path(path))
-                self.set_status(f"Report written: {path}")
+                export(Path(path))
+                self.set_status(f"{done}: {path}")
             except (OSError, XRayViewerError) as exc:
                 messagebox.showerror("Export failed", f"{path}: {exc}", parent=self.root)
 
@@ -916,15 +924,7 @@ class ViewerApp:
         if self.image is None:
             self.set_status("Nothing to export: open an image first")
             return
-        stem = self.path.stem if self.path else "image"
-        path = filedialog.asksaveasfilename(parent=self.root, title="Export overlay PNG", defaultextension=".png",
-                                            initialfile=f"{stem}.overlay.png", filetypes=[("PNG", "*.png")])
-        if path:
-            try:
-                self.export_png(Path(path))
-                self.set_status(f"Exported {path}")
-            except (OSError, XRayViewerError) as exc:
-                messagebox.showerror("Export failed", f"{path}: {exc}", parent=self.root)
+        self._ask_export("Export overlay PNG", ".overlay.png", ("PNG", "*.png"), self.export_png, "Exported")
 
     def copy_to_clipboard(self) -> None:
         """Tk's clipboard holds text only, portably: save the overlay PNG to a temp file and put
