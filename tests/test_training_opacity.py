@@ -223,3 +223,37 @@ def test_warm_start_from_lung_unet_copies_all_but_head(tmp_path: Path) -> None:
     np.testing.assert_array_equal(g.get_layer("enc0_conv1").get_weights()[0],
                                   lung.get_layer("enc0_conv1").get_weights()[0])
     assert warm_start(build_generator(32, 8, 2), tmp_path / "lung.keras") == []  # widths differ
+
+
+def test_continued_run_card_counts_every_stage(smoke_bundle: Path, data_dir: Path, tmp_path: Path) -> None:
+    """A run that continues another (--init-from <run>/model.keras) is exported with both
+    commands, the summed time and epochs, its own comparison row beside its parent's, and the
+    critic verdict still judged on the two first-stage runs (same schedule)."""
+    from xrayviewer import modelstore
+    from xrayviewer.training.__main__ import main
+
+    tmp = smoke_bundle.parent
+    common = ["--data-dir", str(data_dir), "--max-images", "6"]
+    split, parent, cont = tmp / "split.json", tmp / "unet", tmp_path / "unet_cont"
+    assert main(["train-opacity", *common, "--split", str(split), "--out", str(cont), "--variant", "unet",
+                 "--epochs", "2", "--steps-per-epoch", "1", "--batch-size", "2", "--input-size", "32",
+                 "--base-filters", "2", "--depth", "2", "--init-from", str(parent / "model.keras")]) == 0
+    meta = json.loads((cont / "train_meta.json").read_text())
+    assert meta["init_layers_copied"] > 0  # every layer: same layout
+    assert main(["evaluate-opacity", *common, "--split", str(split), "--run", str(cont), "--lung", "truth"]) == 0
+    models = tmp_path / "models"
+    assert main(["export-opacity", "--split", str(split), "--run", str(cont), "--compare", str(parent),
+                 str(tmp / "pix2pix"), "--models-dir", str(models)]) == 0
+    card = modelstore.read_card("opacity_generator", models)
+    parent_meta = json.loads((parent / "train_meta.json").read_text())
+    assert card.training_command == f"{parent_meta['command']} && {meta['command']}"
+    stages = card.raw["training_stages"]
+    assert [s["epochs_run"] for s in stages] == [1, 2]
+    assert card.wall_time_s == pytest.approx(parent_meta["total_wall_time_s"] + meta["total_wall_time_s"], abs=0.2)
+    assert card.raw["training_data"]["epochs"] == 3
+    rows = card.raw["comparison"]
+    assert set(rows) == {"unet_cont", "unet", "pix2pix"}  # the shared variant is told apart by folder
+    assert rows["unet_cont"]["continued_from"] == "unet" and rows["unet_cont"]["epochs_total"] == 3
+    assert rows["unet"]["continued_from"] is None
+    verdict = card.raw["critic_verdict"]
+    assert f"{rows['unet']['covid_dice_mean']:.4f} without" in verdict

@@ -16,25 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from . import classifier_cli
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+from .cli_args import REPO_ROOT, add_common, add_export, add_train
 
 log = logging.getLogger("xrayviewer.training")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("XRAYVIEWER_DATA_DIR", DEFAULT_DATA)),
-                   help="root of the data bundle (default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="cap images per source / split folder (smoke runs)")
-    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,50 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("split", help="write a deterministic, patient-disjoint split file")
-    _common(p)
+    add_common(p)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "split.json")
     p.add_argument("--val-fraction", type=float, default=0.2)
 
     p = sub.add_parser("train-lung", help="train the lung-field U-Net")
-    _common(p)
-    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_train(p, epochs=12, batch_size=16, lr=2e-3)
     p.add_argument("--variant", choices=("unet", "resunet"), default="unet")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="override (smoke runs)")
-    p.add_argument("--train-fraction", type=float, default=1.0,
-                   help="train on an evenly spaced fraction of the training images")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 policy")
 
     p = sub.add_parser("evaluate-lung", help="metrics on COVID-QU-Ex val + GeneralBlockchain, latency")
-    _common(p)
+    add_common(p)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--threshold", type=float, default=0.5)
 
     p = sub.add_parser("export-lung", help="write models/<name>/ with weights and card.json")
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--run", type=Path, required=True, help="run to bundle")
-    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other evaluated runs")
-    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
-    p.add_argument("--name", default="lung_unet")
-    p.add_argument("--version", default="1.0.0")
+    add_export(p, name="lung_unet")
     _add_opacity_parsers(sub)
-    classifier_cli.add_parsers(sub, _common, REPO_ROOT)
+    classifier_cli.add_parsers(sub)
     return ap
 
 
 def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     """train-opacity / evaluate-opacity / export-opacity (README "Opacity model")."""
     p = sub.add_parser("train-opacity", help="train the opacity generator (pix2pix or plain U-Net)")
-    _common(p)
-    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_train(p, epochs=15, batch_size=16, lr=2e-3)
     p.add_argument("--variant", choices=("pix2pix", "unet"), default="pix2pix",
                    help="pix2pix = generator + patch critic; unet = same generator, no critic")
     p.add_argument("--input-size", type=int, default=128)
@@ -95,20 +68,15 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--critic-filters", type=int, default=16)
     p.add_argument("--critic-blocks", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--d-lr", type=float, default=2e-4, help="critic learning rate")
     p.add_argument("--adv-weight", type=float, default=0.05, help="weight of the adversarial term")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="override (smoke runs)")
-    p.add_argument("--train-fraction", type=float, default=1.0)
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 policy")
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm-start the generator from a saved U-Net with the same layout "
-                        "(e.g. models/lung_unet/lung_unet.keras); layers are matched by name and shape")
+                        "(e.g. models/lung_unet/lung_unet.keras, or another run's model.keras to "
+                        "continue it); layers are matched by name and shape")
 
     p = sub.add_parser("evaluate-opacity", help="COVID-QU-Ex val per class + GeneralBlockchain GGO, latency")
-    _common(p)
+    add_common(p)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--threshold", type=float, default=0.5)
@@ -120,12 +88,7 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", type=Path, default=None, help="where the lung model is bundled")
 
     p = sub.add_parser("export-opacity", help="write models/<name>/ (generator only) with card.json")
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--run", type=Path, required=True, help="evaluated run to bundle")
-    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other evaluated runs")
-    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
-    p.add_argument("--name", default="opacity_generator")
-    p.add_argument("--version", default="1.0.0")
+    add_export(p, name="opacity_generator")
 
 
 def _run_opacity(args: argparse.Namespace, command: str) -> int:

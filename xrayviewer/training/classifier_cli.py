@@ -1,7 +1,7 @@
 """CLI subcommands for the disease classifier and the domain gate.
 
-Kept in their own module so that ``__main__`` only needs two added lines (other tasks edit
-it too): :func:`add_parsers` and :func:`run`.
+Kept in their own module so that ``__main__`` only needs two lines: :func:`add_parsers` and
+:func:`run`; the flags they share with the other tasks come from :mod:`.cli_args`.
 """
 
 from __future__ import annotations
@@ -9,73 +9,52 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_args import add_common, add_export, add_train
+
 COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "train-gate", "export-gate")
 
 
-def add_parsers(sub: argparse._SubParsersAction, common, repo_root: Path) -> None:
-    """Add the classifier/gate subcommands; ``common`` adds --data-dir/--max-images/--seed."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the classifier/gate subcommands."""
     p = sub.add_parser("train-classifier", help="train (and evaluate) one disease classifier")
-    common(p)
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    add_train(p, epochs=14, batch_size=32, lr=2e-3)
     p.add_argument("--arch", choices=("compact", "mobilenetv2", "efficientnetb0"), default="compact")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--input-mode", choices=("full", "lung_crop"), default="full",
                    help="whole image, or the lung bounding box from the bundled lung model")
     p.add_argument("--width", type=int, default=16, help="compact CNN base width")
-    p.add_argument("--epochs", type=int, default=14)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--train-fraction", type=float, default=1.0)
     p.add_argument("--exclude-source", choices=("ieee8023",), default=None,
                    help="source-disjoint run: drop this source and its near-duplicates, test on it")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop after this much training")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of prepared inputs (keep it outside the repository)")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 policy")
 
     p = sub.add_parser("evaluate-classifier", help="re-evaluate a classifier run")
-    common(p)
+    add_common(p)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None)
 
     p = sub.add_parser("export-classifier", help="calibrate and write models/<name>/")
-    common(p)
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--run", type=Path, required=True, help="run to bundle")
-    p.add_argument("--compare", type=Path, nargs="*", default=[], help="other evaluated runs")
+    add_common(p)
+    add_export(p, name="xray_classifier")
     p.add_argument("--source-disjoint", type=Path, default=None,
                    help="source-disjoint run of the bundled configuration")
     p.add_argument("--source-disjoint-compare", type=Path, nargs="*", default=[],
                    help="other source-disjoint runs (e.g. the lung-cropped input)")
-    p.add_argument("--models-dir", type=Path, default=repo_root / "models")
-    p.add_argument("--name", default="xray_classifier")
-    p.add_argument("--version", default="1.0.0")
     p.add_argument("--cache-dir", type=Path, default=None)
 
     p = sub.add_parser("train-gate", help="train the frontal-chest-X-ray gate CNN")
-    common(p)
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    add_train(p, epochs=10, batch_size=64, lr=3e-3, train_fraction=False, mixed_precision=False)
     p.add_argument("--input-size", type=int, default=64)
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n-frontal", type=int, default=2500)
     p.add_argument("--n-synthetic", type=int, default=1800)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
 
     p = sub.add_parser("export-gate", help="write models/<name>/ for the gate, then evaluate it")
-    common(p)
-    p.add_argument("--split", type=Path, required=True)
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--models-dir", type=Path, default=repo_root / "models")
-    p.add_argument("--name", default="xray_gate")
+    add_common(p)
+    add_export(p, name="xray_gate", compare=False)
     p.add_argument("--classifier", default="xray_classifier")
-    p.add_argument("--version", default="1.0.0")
 
 
 def run(args: argparse.Namespace, command: str) -> int:

@@ -43,6 +43,7 @@ from .classifier_metrics import (
     youden_threshold,
 )
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray
+from .export_common import provenance, write_card
 from .lung_task import hardware_info, library_versions
 from .splits import NEAR_DUP_CORR, read_split, rel_key
 
@@ -596,15 +597,11 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
                         "train_quantiles": {q: round(float(np.quantile(d_tr, q)), 3) for q in (0.5, 0.99, 0.995)},
                         "val_quantiles": {q: round(float(np.quantile(d_va, q)), 3) for q in (0.5, 0.99, 0.995)}},
         "latency_cpu": summary["latency_cpu"],
-        "training_command": meta["command"],
-        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
-        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
-        "weights_file": weights.name, "sha256": sha256_file(weights),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(meta, weights),
         "intended_use": "research only; not a medical device. Public COVID data confound class "
                         "with source: see source_disjoint.",
     }
-    (dest / "card.json").write_text(json.dumps(card, indent=1, default=float))
+    write_card(dest, card)
     with open(dest / "comparison.csv", "w", newline="") as fh:
         keys_all = sorted({k for r in rows for k in r})
         w = csv.DictWriter(fh, fieldnames=keys_all)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..classifier import softmax
-from ..modelstore import sha256_file
 from ..preprocessing import prepare_for_model
 from .classifier_task import is_frontal_xray
 from .datasets import Record, _spread, read_all, read_gray
+from .export_common import provenance, read_meta, save_inference_model, write_card
 from .lung_task import hardware_info, library_versions
 from .splits import read_split, rel_key
 
@@ -264,13 +264,11 @@ def train(data_dir: Path, split_file: Path, out: Path, *, input_size: int, width
 # ------------------------------------------------------------------ export + evaluate
 def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
     """Write ``models/<name>/`` (weights + card); rejection rates are added by :func:`evaluate`."""
-    meta = json.loads((run / "train_meta.json").read_text())
+    meta = read_meta(run)
     dest = models_dir / name
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / f"{name}.keras"
-    import keras
-
-    keras.saving.load_model(run / MODEL_FILE, compile=False).save(weights)  # no optimizer state
+    save_inference_model(run / MODEL_FILE, weights)
     card = {
         "name": name, "version": version, "task": "domain gate: frontal chest X-ray or not",
         "architecture": meta["architecture"], "params": meta["params"],
@@ -289,13 +287,9 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
                           "synthetic_kinds": list(SYNTHETIC_KINDS), "augmentation": meta["augmentation"],
                           "epochs": meta["epochs"], "batch_size": meta["batch_size"]},
         "metrics": {},
-        "training_command": meta["command"], "wall_time_s": meta["total_wall_time_s"],
-        "train_wall_time_s": meta["train_wall_time_s"],
-        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
-        "weights_file": weights.name, "sha256": sha256_file(weights),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(meta, weights),
     }
-    (dest / "card.json").write_text(json.dumps(card, indent=1))
+    write_card(dest, card)
     return dest
 
 

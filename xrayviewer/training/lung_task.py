@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,16 @@ from typing import Any
 import numpy as np
 
 from ..lung import predict_probabilities
-from ..modelstore import sha256_file
 from ..postprocess import clean_binary, lung_labels
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
+from .export_common import (
+    compare_runs,
+    copy_segmentation_evals,
+    provenance,
+    save_inference_model,
+    start_export,
+    write_card,
+)
 from .metrics import aggregate, segmentation_metrics
 from .splits import read_split, rel_key, select
 
@@ -298,24 +304,11 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
 def export(run: Path, models_dir: Path, name: str, compare: list[Path], version: str,
            split_file: Path) -> Path:
     """Write ``models/<name>/``: weights, card.json (sha256 of the written file), PNG, CSV."""
-    meta = json.loads((run / "train_meta.json").read_text())
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    dest = models_dir / name
-    dest.mkdir(parents=True, exist_ok=True)
-    weights = dest / f"{name}.keras"
-    import keras
-
-    # Re-save without the optimizer state (the checkpoint carries Adam moments: 3x the size).
-    keras.saving.load_model(run / MODEL_FILE, compile=False).save(weights)
-    shutil.copyfile(run / "eval" / "metrics_covid_qu_ex_val.csv", dest / "val_metrics.csv")
-    if (run / "eval" / "metrics_generalblockchain.csv").is_file():
-        shutil.copyfile(run / "eval" / "metrics_generalblockchain.csv", dest / "generalblockchain_metrics.csv")
+    meta, summary, dest, weights = start_export(run, models_dir, name)
+    save_inference_model(run / MODEL_FILE, weights)
+    copy_segmentation_evals(run, dest)
     plot_history([run, *compare], dest / "loss_curves.png")
-    comparison = {meta["variant"]: _short(summary, meta)}
-    for c in compare:
-        cm = json.loads((c / "train_meta.json").read_text())
-        cs = json.loads((c / "eval" / "summary.json").read_text())
-        comparison[cm["variant"]] = _short(cs, cm)
+    comparison = compare_runs([run, *compare], _short)
     split = read_split(split_file)
     v = summary["covid_qu_ex_val"]
     card = {
@@ -353,16 +346,12 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "weak_check": summary["weak_check"],
         "latency_cpu": summary["latency_cpu"],
         "comparison": comparison,
-        "training_command": meta["command"],
-        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
-        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
-        "weights_file": weights.name, "sha256": sha256_file(weights),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(meta, weights),
     }
     card["training_data"]["split_command"] = split.get("command")
     notes = run / "notes.json"  # free-form facts about the run (benchmarks, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
-    (dest / "card.json").write_text(json.dumps(card, indent=1))
+    write_card(dest, card)
     log.info("exported %s (val Dice %.4f) to %s", name, v["dice"]["mean"], dest)
     return dest

@@ -8,9 +8,8 @@ aggregates, counted separately).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage

@@ -30,11 +30,18 @@ from typing import Any
 import numpy as np
 
 from ..lung import predict_probabilities
-from ..modelstore import sha256_file
-from ..opacity import (DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES,
-                       analyze_probability, involvement)
+from ..opacity import DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES, analyze_probability, involvement
 from ..postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
+from .export_common import (
+    compare_runs,
+    copy_segmentation_evals,
+    lineage,
+    provenance,
+    start_export,
+    total_epochs,
+    write_card,
+)
 from .lung_task import _write_csv, hardware_info, library_versions, prepare_run
 from .metrics import aggregate, segmentation_metrics, time_call
 from .splits import read_split, rel_key, select
@@ -256,7 +263,6 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
           mixed_precision: bool, command: str, init_from: Path | None = None) -> dict:
     """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``."""
     import keras
-    import tensorflow as tf
 
     from .pipeline import load_arrays, make_dataset
 
@@ -584,8 +590,11 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
     for run in runs:
         with open(run / "history.csv") as fh:
             rows = list(csv.DictReader(fh))
-        ep = [int(r["epoch"]) + 1 for r in rows]
-        name = json.loads((run / "train_meta.json").read_text())["variant"]
+        meta = json.loads((run / "train_meta.json").read_text())
+        stages = lineage(meta)
+        offset = sum(int(m["epochs_run"]) for m in stages[:-1])  # a continuation starts where its parent ended
+        ep = [offset + int(r["epoch"]) + 1 for r in rows]
+        name = meta["variant"] + (f" (continued, {run.name})" if offset else "")
         axes[0].plot(ep, [float(r["seg_loss"]) for r in rows], label=f"{name} train")
         axes[0].plot(ep, [float(r["val_loss"]) for r in rows], "--", label=f"{name} val")
         if any(float(r["d_loss"]) for r in rows):
@@ -608,9 +617,14 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
 
 def critic_verdict(comparison: dict[str, dict]) -> str:
     """One sentence: did the critic help, judged on COVID Dice and the Normal FP rate."""
-    if not {"pix2pix", "unet"} <= set(comparison):
+    # Same schedule on both sides: runs that continue another run are not part of the pair.
+    first = {}
+    for row in comparison.values():
+        if not row.get("continued_from"):
+            first.setdefault(row["variant"], row)
+    if not {"pix2pix", "unet"} <= set(first):
         return "not compared (only one variant evaluated)"
-    a, b = comparison["pix2pix"], comparison["unet"]
+    a, b = first["pix2pix"], first["unet"]
     dd = a["covid_dice_mean"] - b["covid_dice_mean"]
     dfp = a["normal_false_positive_rate"] - b["normal_false_positive_rate"]
     helped = dd > 0.005 and dfp <= 0.01
@@ -624,21 +638,11 @@ def critic_verdict(comparison: dict[str, dict]) -> str:
 def export(run: Path, models_dir: Path, name: str, compare: list[Path], version: str,
            split_file: Path) -> Path:
     """Write ``models/<name>/``: generator weights, card.json (sha256), loss plot, metric CSVs."""
-    meta = json.loads((run / "train_meta.json").read_text())
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    dest = models_dir / name
-    dest.mkdir(parents=True, exist_ok=True)
-    weights = dest / f"{name}.keras"
+    meta, summary, dest, weights = start_export(run, models_dir, name)
     shutil.copyfile(run / MODEL_FILE, weights)
-    shutil.copyfile(run / "eval" / "metrics_covid_qu_ex_val.csv", dest / "val_metrics.csv")
-    if (run / "eval" / "metrics_generalblockchain.csv").is_file():
-        shutil.copyfile(run / "eval" / "metrics_generalblockchain.csv", dest / "generalblockchain_metrics.csv")
+    copy_segmentation_evals(run, dest)
     plot_history([run, *compare], dest / "loss_curves.png")
-    comparison = {meta["variant"]: _short(summary, meta)}
-    for c in compare:
-        cm = json.loads((c / "train_meta.json").read_text())
-        cs = json.loads((c / "eval" / "summary.json").read_text())
-        comparison[cm["variant"]] = _short(cs, cm)
+    comparison = compare_runs([run, *compare], _short)
     if len({c["lung_source"] for c in comparison.values()}) > 1:
         log.warning("compared runs were evaluated with different lung sources: %s",
                     {k: c["lung_source"] for k, c in comparison.items()})
@@ -672,7 +676,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
             "val_classes": meta["val_classes"], "train_fraction": meta["train_fraction"],
             "split_seed": split.get("seed"),
             "n_excluded_near_duplicates": len(split.get("excluded", [])),
-            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": meta["epochs_run"],
+            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": total_epochs(meta),
             "best_epoch": meta["best_epoch"], "checkpoint_selection": meta["checkpoint_selection"],
             "batch_size": meta["batch_size"],
             "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}"
@@ -696,13 +700,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "latency_cpu": summary["latency_cpu"],
         "comparison": comparison,
         "critic_verdict": critic_verdict(comparison),
-        "training_command": meta["command"],
-        "wall_time_s": meta["total_wall_time_s"], "train_wall_time_s": meta["train_wall_time_s"],
-        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
-        "weights_file": weights.name, "sha256": sha256_file(weights),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(meta, weights),
     }
-    (dest / "card.json").write_text(json.dumps(card, indent=1))
+    write_card(dest, card)
     log.info("exported %s (%s, COVID Dice %.4f) to %s", name, meta["variant"],
              summary["targets"]["covid_dice_mean"], dest)
     return dest

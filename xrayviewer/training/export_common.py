@@ -1,0 +1,113 @@
+"""What every model export shares: reading an evaluated run, its lineage, the card's provenance.
+
+A run may continue another one (``--init-from <run>/model.keras``): its card must then name
+every command and count every second and epoch that produced the weights, not only the last
+stage, or "training command and time" would understate what it took to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..modelstore import sha256_file
+
+SEGMENTATION_EVAL_FILES = {"metrics_covid_qu_ex_val.csv": "val_metrics.csv",
+                           "metrics_generalblockchain.csv": "generalblockchain_metrics.csv"}
+
+
+def read_meta(run: Path) -> dict[str, Any]:
+    return json.loads((run / "train_meta.json").read_text())
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    return json.loads((run / "eval" / "summary.json").read_text())
+
+
+def parent_run(meta: dict[str, Any]) -> Path | None:
+    """The run this one continued, when it was initialised from another run's checkpoint
+    (a bundled model such as ``models/lung_unet`` is a warm start, not a parent)."""
+    init = meta.get("init_from")
+    if not init:
+        return None
+    folder = Path(init).parent
+    return folder if (folder / "train_meta.json").is_file() else None
+
+
+def lineage(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metas of every stage that produced a run's weights, first stage first."""
+    chain = [meta]
+    seen: set[Path] = set()
+    while (parent := parent_run(chain[0])) is not None and parent.resolve() not in seen:
+        seen.add(parent.resolve())
+        chain.insert(0, read_meta(parent))
+    return chain
+
+
+def total_epochs(meta: dict[str, Any]) -> int:
+    return int(sum(m.get("epochs_run", m.get("epochs", 0)) for m in lineage(meta)))
+
+
+def provenance(meta: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """Card fields on how the weights were made: command(s), time, machine, libraries, hash."""
+    chain = lineage(meta)
+    out: dict[str, Any] = {
+        "training_command": " && ".join(m["command"] for m in chain),
+        "wall_time_s": round(sum(float(m["total_wall_time_s"]) for m in chain), 1),
+        "train_wall_time_s": round(sum(float(m["train_wall_time_s"]) for m in chain), 1),
+        "hardware": meta["hardware"], "library_versions": meta["library_versions"],
+        "weights_file": weights.name, "sha256": sha256_file(weights),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if len(chain) > 1:
+        out["training_stages"] = [
+            {"command": m["command"], "epochs_run": m.get("epochs_run", m.get("epochs")),
+             "train_wall_time_s": m["train_wall_time_s"], "total_wall_time_s": m["total_wall_time_s"],
+             "hardware": m["hardware"]["summary"]} for m in chain]
+    return out
+
+
+def start_export(run: Path, models_dir: Path, name: str) -> tuple[dict, dict, Path, Path]:
+    """(meta, eval summary, destination folder, weights path) of an evaluated run."""
+    dest = models_dir / name
+    dest.mkdir(parents=True, exist_ok=True)
+    return read_meta(run), read_summary(run), dest, dest / f"{name}.keras"
+
+
+def save_inference_model(checkpoint: Path, weights: Path) -> None:
+    """Re-save without the optimizer state (checkpoints carry Adam moments: 3x the size)."""
+    import keras
+
+    keras.saving.load_model(checkpoint, compile=False).save(weights)
+
+
+def copy_segmentation_evals(run: Path, dest: Path) -> None:
+    for src, dst in SEGMENTATION_EVAL_FILES.items():
+        if (run / "eval" / src).is_file():
+            shutil.copyfile(run / "eval" / src, dest / dst)
+
+
+def compare_runs(runs: list[Path], short: Callable[[dict, dict], dict]) -> dict[str, dict]:
+    """One comparison row per evaluated run, keyed by its variant (by its folder name where
+    two runs share a variant, e.g. a run and its continuation)."""
+    metas = [read_meta(r) for r in runs]
+    variants = [m["variant"] for m in metas]
+    rows = {}
+    for run, meta in zip(runs, metas):
+        key = meta["variant"] if variants.count(meta["variant"]) == 1 else run.name
+        row = short(read_summary(run), meta)
+        parent = parent_run(meta)
+        row["continued_from"] = parent.name if parent is not None else None
+        row["epochs_total"] = total_epochs(meta)
+        rows[key] = row
+    return rows
+
+
+def write_card(dest: Path, card: dict[str, Any]) -> Path:
+    path = dest / "card.json"
+    path.write_text(json.dumps(card, indent=1, default=float))
+    return path
