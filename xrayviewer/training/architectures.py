@@ -44,11 +44,13 @@ def build_unet(
     depth: int = 4,
     variant: Variant = "unet",
     name: str | None = None,
+    head_name: str = "lung_prob",
 ) -> keras.Model:
     """Build a U-Net (``variant='unet'``) or residual U-Net (``'resunet'``).
 
-    Output: (H, W, 1) float32 sigmoid probability of "lung field" per pixel.
-    ``input_size`` must be divisible by ``2**depth``.
+    Output: (H, W, 1) float32 sigmoid probability per pixel ("lung field" for the lung model,
+    "opacity" for the opacity generator, which shares every layer name but the head so that
+    it can be warm-started from the lung model). ``input_size`` must be divisible by ``2**depth``.
     """
     if input_size % (2**depth):
         raise ValueError(f"input_size {input_size} not divisible by 2**{depth}")
@@ -71,5 +73,5 @@ def build_unet(
     if variant == "resunet":
         x = layers.BatchNormalization(name="head_bn")(x)
         x = layers.Activation("relu", name="head_relu")(x)
-    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lung_prob")(x)
+    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=head_name)(x)
     return keras.Model(inp, out, name=name or f"lung_{variant}")

@@ -58,33 +58,14 @@ AUGMENTATION = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15,
 # ---------------------------------------------------------------- architectures
 def build_generator(input_size: int = 128, base_filters: int = 16, depth: int = 4,
                     name: str = "opacity_generator") -> Any:
-    """U-Net generator (the classic two-conv stages of :mod:`.architectures`).
+    """U-Net generator: the plain U-Net of :mod:`.architectures` with an ``opacity_prob`` head.
 
     Output (H, W, 1) float32 sigmoid probability of opacity per pixel. Deterministic (no
     dropout noise): for segmentation the conditional output should be a single answer.
     """
-    import keras
-    from keras import layers
+    from .architectures import build_unet
 
-    from .architectures import _conv_block
-
-    if input_size % (2**depth):
-        raise ValueError(f"input_size {input_size} not divisible by 2**{depth}")
-    inp = keras.Input((input_size, input_size, 1), name="image")
-    x = inp
-    skips = []
-    for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, f"enc{level}")
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
-    for level in reversed(range(depth)):
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}")(x)
-        x = layers.Conv2D(base_filters * 2**level, 1, padding="same", name=f"up{level}_proj")(x)
-        x = layers.Concatenate(name=f"cat{level}")([x, skips[level]])
-        x = _conv_block(x, base_filters * 2**level, f"dec{level}")
-    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="opacity_prob")(x)
-    return keras.Model(inp, out, name=name)
+    return build_unet(input_size, base_filters, depth, "unet", name=name, head_name="opacity_prob")
 
 
 def _sn_conv(filters: int, kernel: int, name: str, strides: int = 1) -> Any:
