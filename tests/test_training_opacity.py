@@ -240,7 +240,10 @@ def test_continued_run_card_counts_every_stage(smoke_bundle: Path, data_dir: Pat
                  "--base-filters", "2", "--depth", "2", "--init-from", str(parent / "model.keras")]) == 0
     meta = json.loads((cont / "train_meta.json").read_text())
     assert meta["init_layers_copied"] > 0  # every layer: same layout
-    assert main(["evaluate-opacity", *common, "--split", str(split), "--run", str(cont), "--lung", "truth"]) == 0
+    assert main(["evaluate-opacity", *common, "--split", str(split), "--run", str(cont), "--lung", "truth",
+                 "--threshold", "auto"]) == 0
+    tuning = json.loads((cont / "eval" / "summary.json").read_text())["threshold_tuning"]
+    assert tuning["threshold"] in [row["threshold"] for row in tuning["sweep"]] and len(tuning["sweep"]) > 3
     models = tmp_path / "models"
     assert main(["export-opacity", "--split", str(split), "--run", str(cont), "--compare", str(parent),
                  str(tmp / "pix2pix"), "--models-dir", str(models)]) == 0
@@ -257,3 +260,29 @@ def test_continued_run_card_counts_every_stage(smoke_bundle: Path, data_dir: Pat
     assert rows["unet"]["continued_from"] is None
     verdict = card.raw["critic_verdict"]
     assert f"{rows['unet']['covid_dice_mean']:.4f} without" in verdict
+
+
+def _rows(covid_dice: list[float], normal_any: list[int]) -> list[dict]:
+    return ([{"label": "COVID-19", "dice": d, "any_region": 1} for d in covid_dice]
+            + [{"label": "Normal", "dice": 1.0 - a, "any_region": a} for a in normal_any])
+
+
+def test_threshold_choice_respects_the_false_positive_budget_and_is_cross_fitted() -> None:
+    from xrayviewer.training.opacity_task import choose_threshold
+
+    # Low threshold: best Dice but 1 Normal film in 4 gets a region (over a 10% budget).
+    by_t = {0.3: _rows([0.9, 0.9, 0.9, 0.9], [1, 0, 0, 0]),
+            0.4: _rows([0.8, 0.7, 0.8, 0.7], [0, 0, 0, 0]),
+            0.5: _rows([0.6, 0.6, 0.6, 0.6], [0, 0, 0, 0])}
+    out = choose_threshold(by_t, max_normal_fp=0.1)
+    assert out["threshold"] == 0.4
+    sweep = {row["threshold"]: row for row in out["sweep"]}
+    assert sweep[0.3]["normal_false_positive_rate"] == 0.25 and sweep[0.4]["covid_dice_mean"] == 0.75
+    # Folds alternate rows (0,2,4,6 | 1,3,5,7). Fold 0 holds the Normal film with a region, so it
+    # picks 0.4; fold 1 sees no false positive at 0.3 and picks it. Each is scored on the other
+    # half: the cross-fitted figures expose the false positive the in-sample choice hides.
+    assert out["fold_thresholds"] == [0.4, 0.3]
+    cv = out["cross_fitted_2fold"]
+    assert cv["covid_dice_mean"] == pytest.approx(0.8) and cv["normal_false_positive_rate"] == 0.25
+    # Nothing within budget: the most conservative threshold.
+    assert choose_threshold({0.3: _rows([0.9], [1]), 0.5: _rows([0.8], [1])}, 0.0)["threshold"] == 0.5

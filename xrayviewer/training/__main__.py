@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _threshold_arg(text: str) -> float | None:
+    return None if text == "auto" else float(text)
+
+
 def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     """train-opacity / evaluate-opacity / export-opacity (README "Opacity model")."""
     p = sub.add_parser("train-opacity", help="train the opacity generator (pix2pix or plain U-Net)")
@@ -79,7 +83,9 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=_threshold_arg, default=0.5,
+                   help="mask threshold, or 'auto': chosen on validation under a Normal false-positive "
+                        "budget, with 2-fold cross-fitted figures (default: %(default)s)")
     p.add_argument("--min-region-fraction", type=float, default=0.001,
                    help="smallest reported region, as a fraction of the image area")
     p.add_argument("--lung", choices=("auto", "model", "truth"), default="auto",
