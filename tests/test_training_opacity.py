@@ -286,3 +286,19 @@ def test_threshold_choice_respects_the_false_positive_budget_and_is_cross_fitted
     assert cv["covid_dice_mean"] == pytest.approx(0.8) and cv["normal_false_positive_rate"] == 0.25
     # Nothing within budget: the most conservative threshold.
     assert choose_threshold({0.3: _rows([0.9], [1]), 0.5: _rows([0.8], [1])}, 0.0)["threshold"] == 0.5
+
+
+def test_positive_fraction_oversamples_films_with_a_mask() -> None:
+    from xrayviewer.training.pipeline import make_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 32, 32, 1), dtype=np.float32)
+    y = np.zeros_like(x)
+    y[:10, 12:20, 12:20] = 1.0  # 10 % of the films have a (central) lesion
+    def share(ds, batches: int = 40) -> float:
+        ys = np.concatenate([b[1].numpy() for _, b in zip(range(batches), ds)])
+        return float(np.mean(ys.reshape(len(ys), -1).max(axis=1) > 0))
+    assert share(make_dataset(x, y, 10, True, seed=1)) < 0.2
+    assert 0.4 < share(make_dataset(x, y, 10, True, seed=1, positive_fraction=0.5)) < 0.6
+    with pytest.raises(ValueError):
+        make_dataset(x, np.zeros_like(y), 10, True, positive_fraction=0.5)

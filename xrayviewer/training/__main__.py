@@ -74,6 +74,9 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--critic-blocks", type=int, default=2)
     p.add_argument("--d-lr", type=float, default=2e-4, help="critic learning rate")
     p.add_argument("--adv-weight", type=float, default=0.05, help="weight of the adversarial term")
+    p.add_argument("--positive-fraction", type=float, default=None,
+                   help="draw films with a non-empty opacity mask with this probability (default: their "
+                        "natural share, about a third)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="warm-start the generator from a saved U-Net with the same layout "
                         "(e.g. models/lung_unet/lung_unet.keras, or another run's model.keras to "
@@ -108,7 +111,7 @@ def _run_opacity(args: argparse.Namespace, command: str) -> int:
                            adv_weight=args.adv_weight, seed=args.seed, max_images=args.max_images,
                            steps_per_epoch=args.steps_per_epoch, train_fraction=args.train_fraction,
                            mixed_precision=args.mixed_precision, command=command,
-                           init_from=args.init_from)
+                           init_from=args.init_from, positive_fraction=args.positive_fraction)
     elif args.cmd == "evaluate-opacity":
         opacity_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold,
                               args.min_region_fraction, args.lung, args.models_dir)

@@ -244,7 +244,8 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
           base_filters: int, depth: int, critic_filters: int, critic_blocks: int, epochs: int,
           batch_size: int, lr: float, d_lr: float, adv_weight: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
-          mixed_precision: bool, command: str, init_from: Path | None = None) -> dict:
+          mixed_precision: bool, command: str, init_from: Path | None = None,
+          positive_fraction: float | None = None) -> dict:
     """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``."""
     import keras
 
@@ -269,7 +270,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     g_opt = keras.optimizers.Adam(schedule)
     d_opt = keras.optimizers.Adam(d_lr, beta_1=0.5) if critic is not None else None
     step = make_train_step(generator, critic, g_opt, d_opt, adv_weight)
-    it = iter(make_dataset(xtr, ytr, batch_size, True, seed))
+    it = iter(make_dataset(xtr, ytr, batch_size, True, seed, positive_fraction))
 
     ckpt = out / MODEL_FILE
     history: list[dict[str, float]] = []
@@ -322,6 +323,9 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "adv_weight": adv_weight if critic is not None else 0.0, "seed": seed,
         "max_images": max_images, "train_fraction": train_fraction, "mixed_precision": mixed_precision,
         "init_from": str(init_from) if init_from else None, "init_layers_copied": len(copied),
+        "positive_fraction": positive_fraction,
+        "sampling": (f"films with a non-empty mask drawn with probability {positive_fraction}"
+                     if positive_fraction else "each training film once per epoch (natural class shares)"),
         "loss": "Dice + BCE" + (f" + {adv_weight} x non-saturating adversarial (critic: BCE on patch "
                                 "logits, real label 0.9)" if critic is not None else ""),
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
@@ -723,7 +727,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
             "n_excluded_near_duplicates": len(split.get("excluded", [])),
             "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": total_epochs(meta),
             "best_epoch": meta["best_epoch"], "checkpoint_selection": meta["checkpoint_selection"],
-            "batch_size": meta["batch_size"],
+            "batch_size": meta["batch_size"], "sampling": [m.get("sampling") for m in lineage(meta)],
             "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}"
                          + (f"; critic Adam lr {meta['d_lr']} beta1 0.5" if meta.get("d_lr") else ""),
             "mixed_precision": meta["mixed_precision"], "init_from": meta.get("init_from"),

@@ -68,14 +68,34 @@ def augment(x: tf.Tensor, y: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, training: bool,
-                 seed: int = 0) -> tf.data.Dataset:
-    """Shuffled + augmented batches for training; plain batches otherwise."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if training:
-        size = int(x.shape[1])
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda a, b: augment(a, b, size), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.repeat()
+                 seed: int = 0, positive_fraction: float | None = None) -> tf.data.Dataset:
+    """Shuffled + augmented batches for training; plain batches otherwise.
+
+    ``positive_fraction`` (training only): draw images with a non-empty mask with this
+    probability instead of their natural share -- for the opacity model, where two thirds of
+    the films are empty and the model learns to stay silent on small lesions.
+    """
+    if not training:
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    size = int(x.shape[1])
+
+    def stream(idx: np.ndarray, stream_seed: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
+        return ds.shuffle(len(idx), seed=stream_seed, reshuffle_each_iteration=True).repeat()
+
+    if positive_fraction is None:
+        ds = stream(np.arange(len(x)), seed)
+    else:
+        if not 0.0 < positive_fraction < 1.0:
+            raise ValueError(f"positive_fraction must be in (0, 1), not {positive_fraction}")
+        pos = np.flatnonzero(y.reshape(len(y), -1).max(axis=1) > 0)
+        neg = np.setdiff1d(np.arange(len(x)), pos)
+        if not len(pos) or not len(neg):
+            raise ValueError("positive_fraction needs images with and without a mask")
+        ds = tf.data.Dataset.sample_from_datasets(
+            [stream(pos, seed), stream(neg, seed + 1)], weights=[positive_fraction, 1.0 - positive_fraction],
+            seed=seed)
+    ds = ds.map(lambda a, b: augment(a, b, size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
