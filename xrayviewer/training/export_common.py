@@ -7,6 +7,7 @@ stage, or "training command and time" would understate what it took to rebuild t
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
@@ -16,8 +17,8 @@ from typing import Any
 
 from ..modelstore import sha256_file
 
-SEGMENTATION_EVAL_FILES = {"metrics_covid_qu_ex_val.csv": "val_metrics.csv",
-                           "metrics_generalblockchain.csv": "generalblockchain_metrics.csv"}
+VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
+SEGMENTATION_EVAL_FILES = {VAL_CSV: "val_metrics.csv", GB_CSV: "generalblockchain_metrics.csv"}
 
 
 def read_meta(run: Path) -> dict[str, Any]:
@@ -26,6 +27,25 @@ def read_meta(run: Path) -> dict[str, Any]:
 
 def read_summary(run: Path) -> dict[str, Any]:
     return json.loads((run / "eval" / "summary.json").read_text())
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_segmentation_eval(run: Path, summary: dict, val_rows: list[dict], gb_rows: list[dict]) -> None:
+    """``<run>/eval/``: per-film CSVs (COVID-QU-Ex Val, GeneralBlockchain) and summary.json."""
+    ev = run / "eval"
+    ev.mkdir(parents=True, exist_ok=True)
+    write_csv(ev / VAL_CSV, val_rows)
+    write_csv(ev / GB_CSV, gb_rows)
+    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def parent_run(meta: dict[str, Any]) -> Path | None:

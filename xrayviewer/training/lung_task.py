@@ -28,6 +28,7 @@ from .export_common import (
     save_inference_model,
     start_export,
     write_card,
+    write_segmentation_eval,
 )
 from .metrics import aggregate, segmentation_metrics
 from .splits import read_split, rel_key, select
@@ -157,16 +158,6 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
 
 
 # ---------------------------------------------------------------- evaluate
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def evaluate_model(model: Any, input_size: int, records: list[Record], data_dir: Path,
                    threshold: float = 0.5) -> list[dict]:
     """Per-image metrics at each image's full resolution after the app's postprocessing."""
@@ -246,10 +237,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
         "generalblockchain_not_in_train": aggregate(unseen),
         "latency_cpu": latency,
     }
-    ev = run / "eval"
-    _write_csv(ev / "metrics_covid_qu_ex_val.csv", val_rows)
-    _write_csv(ev / "metrics_generalblockchain.csv", gb_rows)
-    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_segmentation_eval(run, summary, val_rows, gb_rows)
     v = summary["covid_qu_ex_val"]
     log.info("%s: val Dice %.4f IoU %.4f HD95 %.2f | GB Dice %.4f | latency %.1f ms",
              run.name, v["dice"]["mean"], v["iou"]["mean"], v["hd95"]["mean"],

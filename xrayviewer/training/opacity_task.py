@@ -42,8 +42,9 @@ from .export_common import (
     start_export,
     total_epochs,
     write_card,
+    write_segmentation_eval,
 )
-from .lung_task import _write_csv, hardware_info, library_versions, prepare_run
+from .lung_task import hardware_info, library_versions, prepare_run
 from .metrics import aggregate, segmentation_metrics, time_call
 from .splits import read_split, rel_key, select
 
@@ -594,10 +595,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
         "latency_cpu": {"256px": measure_latency(model, size, probe, probe_lung, threshold, min_fraction),
                         "1024px": measure_latency(model, size, big, big_lung, threshold, min_fraction)},
     }
-    ev = run / "eval"
-    _write_csv(ev / "metrics_covid_qu_ex_val.csv", rows)
-    _write_csv(ev / "metrics_generalblockchain.csv", gb_rows)
-    (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_segmentation_eval(run, summary, rows, gb_rows)
     t = summary["targets"]
     log.info("%s: COVID Dice %.4f (pooled %.4f) | Normal FP rate %.3f | GB GGO-film Dice %.4f | %.1f ms",
              run.name, t["covid_dice_mean"], t["covid_dice_pooled"], t["normal_false_positive_rate"],
