@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 VARIANTS = ("pix2pix", "unet")
 WEAK_CHECK_PER_CLASS = 8
+NATURAL_SAMPLING = "each training film once per epoch (natural class shares)"  # also runs older than the option
 THRESHOLD_GRID = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 THRESHOLD_FP_BUDGET = 0.025  # Normal films with any region, when choosing the threshold (target 5%)
 AUGMENTATION = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, brightness +-0.08, "
@@ -326,7 +327,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "init_from": str(init_from) if init_from else None, "init_layers_copied": len(copied),
         "positive_fraction": positive_fraction,
         "sampling": (f"films with a non-empty mask drawn with probability {positive_fraction}"
-                     if positive_fraction else "each training film once per epoch (natural class shares)"),
+                     if positive_fraction else NATURAL_SAMPLING),
         "loss": "Dice + BCE" + (f" + {adv_weight} x non-saturating adversarial (critic: BCE on patch "
                                 "logits, real label 0.9)" if critic is not None else ""),
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
@@ -725,7 +726,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
             "n_excluded_near_duplicates": len(split.get("excluded", [])),
             "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": total_epochs(meta),
             "best_epoch": meta["best_epoch"], "checkpoint_selection": meta["checkpoint_selection"],
-            "batch_size": meta["batch_size"], "sampling": [m.get("sampling") for m in lineage(meta)],
+            "batch_size": meta["batch_size"], "sampling": [m.get("sampling", NATURAL_SAMPLING) for m in lineage(meta)],
             "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}"
                          + (f"; critic Adam lr {meta['d_lr']} beta1 0.5" if meta.get("d_lr") else ""),
             "mixed_precision": meta["mixed_precision"], "init_from": meta.get("init_from"),
