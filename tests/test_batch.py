@@ -110,7 +110,8 @@ def test_folder_run_outputs_and_errors(folder: Path, tmp_path: Path) -> None:
 
     lung = np.asarray(Image.open(out / "sub" / "dx.dcm.lung.png"))
     assert lung.shape == (169, 211) and set(np.unique(lung)) == {1, 2}
-    assert np.asarray(Image.open(out / "sub" / "dx.dcm.overlay.png")).shape == (169, 211, 3)
+    overlay = np.asarray(Image.open(out / "sub" / "dx.dcm.overlay.png"))
+    assert overlay.shape[1:] == (211, 3) and overlay.shape[0] > 169  # the image, then the legend band
     opac = np.asarray(Image.open(out / "sub" / "dx.dcm.opacity.png"))
     assert set(np.unique(opac)) <= {0, 255}
     jl = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -150,6 +151,21 @@ def test_changed_input_is_reanalysed(folder: Path, tmp_path: Path) -> None:
     again = ThresholdAnalyzer()
     BatchRunner(again, BatchOptions(out)).run(items)
     assert again.seen == [str(target.path)]
+
+
+def test_deleted_outputs_are_made_again_on_resume(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    items, _ = discover([folder])
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
+    target = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
+    overlay = out / (target.rel.name + ".overlay.png")
+    assert overlay.is_file()
+    overlay.unlink()  # the user deleted one picture to get it again
+    again = ThresholdAnalyzer()
+    summary = BatchRunner(again, BatchOptions(out)).run(items)
+    assert again.seen == [str(target.path)] and overlay.is_file()
+    assert summary.skipped == len(items) - 2  # all but the re-made one and the error row
+    assert len(_rows(out)) == len(items)
 
 
 def test_one_failing_image_does_not_sink_its_batch(folder: Path, tmp_path: Path) -> None:

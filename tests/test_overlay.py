@@ -51,7 +51,15 @@ def test_heatmap_layer_alpha_follows_heat() -> None:
 def test_legend_lists_the_layers_present() -> None:
     labels = np.zeros((400, 400), np.uint8)
     labels[100:300, 50:150] = 1
-    with_lungs = compose_overlay(np.zeros((400, 400), np.uint8), lung_labels=labels, options=OverlayOptions(legend=True))
-    assert with_lungs[-60:, :150].max() > 0
-    nothing = compose_overlay(np.zeros((400, 400), np.uint8), options=OverlayOptions(legend=True))
-    assert nothing.max() == 0  # no layers, no legend
+    image = np.zeros((400, 400), np.uint8)
+    plain = compose_overlay(image, lung_labels=labels)
+    with_lungs = compose_overlay(image, lung_labels=labels, options=OverlayOptions(legend=True))
+    # The legend is a band below the image: the image part is untouched, nothing is hidden.
+    assert with_lungs.shape[0] > 400 and with_lungs.shape[1] == 400
+    np.testing.assert_array_equal(with_lungs[:400], plain)
+    assert with_lungs[400:].max() == 255  # white text
+    everything = compose_overlay(image, lung_labels=labels, opacity_mask=labels > 0, heatmap=np.ones((400, 400)),
+                                 options=OverlayOptions(legend=True, heatmap=True))
+    assert everything.shape[0] > with_lungs.shape[0]  # five entries wrap onto more lines at 400 px
+    nothing = compose_overlay(image, options=OverlayOptions(legend=True))
+    assert nothing.shape == (400, 400, 3) and nothing.max() == 0  # no layers, no legend

@@ -37,10 +37,17 @@ class Journal:
             log.warning("%s: ignored %d incomplete journal line(s) from an interrupted run", self.path, bad)
 
     def is_done(self, key: str, sha256: str, models: str) -> bool:
-        """True when this input (same content) was analysed by the same models, not an error."""
+        """True when this input (same content) was analysed by the same models, not an error,
+        and the files it wrote are still there (a user who deleted an overlay to get it again
+        must not be told it was "resumed")."""
         e = self.entries.get(key)
-        return bool(e and e.get("sha256") == sha256 and e.get("models") == models
-                    and e.get("record", {}).get("status") in ("ok", "refused"))
+        if not (e and e.get("sha256") == sha256 and e.get("models") == models
+                and e.get("record", {}).get("status") in ("ok", "refused")):
+            return False
+        missing = [o for o in e["record"].get("outputs", []) if not (self.path.parent / o).is_file()]
+        if missing:
+            log.info("%s: outputs missing (%s), analysing again", key, ", ".join(missing))
+        return not missing
 
     def append(self, key: str, sha256: str, models: str, record: dict[str, Any]) -> None:
         entry = {"key": key, "sha256": sha256, "models": models, "record": record}

@@ -151,7 +151,8 @@ def compose_overlay(
     heatmap: np.ndarray | None = None,
     options: OverlayOptions = OverlayOptions(),
 ) -> np.ndarray:
-    """RGB uint8 overlay of the same (rows, cols) as ``display``."""
+    """RGB uint8 overlay: the same (rows, cols) as ``display``, plus a legend band below the
+    image when ``options.legend`` (image pixels keep their coordinates)."""
     grey = np.asarray(display)
     if grey.dtype != np.uint8:
         raise ValueError("display must be uint8")
@@ -165,14 +166,13 @@ def compose_overlay(
                           opacity=options.opacity and opacity_mask is not None,
                           boxes=options.boxes and opacity_mask is not None,
                           heatmap=options.heatmap and heatmap is not None)
-        draw_legend(out, present)
+        strip = legend_strip(out.shape[1], present)
+        if len(strip):
+            out = np.vstack([out, strip])
     return out
 
 
-def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:
-    """A small legend in the bottom-left corner (in place)."""
-    import cv2
-
+def legend_entries(options: OverlayOptions) -> list[tuple[str, tuple[int, int, int]]]:
     entries = []
     if options.lungs:
         entries += [("Right lung", options.right_color), ("Left lung", options.left_color)]
@@ -182,20 +182,38 @@ def draw_legend(img: np.ndarray, options: OverlayOptions) -> None:
         entries.append(("Opacity region", BOX_COLOR))
     if options.heatmap:
         entries.append(("Classifier heatmap", (252, 160, 60)))
-    if not entries:
-        return
-    h, w = img.shape[:2]
-    scale = max(0.4, min(h, w) / 520)
-    line = int(26 * scale) + 4
-    box_w = int(210 * scale)
-    x0, y0 = int(10 * scale), h - line * len(entries) - int(12 * scale)
-    sub = img[max(0, y0 - 6): h - 4, x0 - 6 if x0 >= 6 else 0: x0 + box_w]
-    sub[:] = (sub.astype(np.float32) * 0.35).astype(np.uint8)
-    for i, (text, colour) in enumerate(entries):
-        y = y0 + i * line
-        cv2.rectangle(img, (x0, y + 2), (x0 + int(16 * scale), y + line - 6), colour, -1)
-        cv2.putText(img, text, (x0 + int(24 * scale), y + line - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
-                    (255, 255, 255), max(1, int(scale)), cv2.LINE_AA)
+    return entries
+
+
+def legend_strip(width: int, options: OverlayOptions) -> np.ndarray:
+    """A dark RGB band (rows, ``width``, 3) naming the layers, to sit *below* the image.
+
+    Below rather than on it: a legend drawn over the film hid part of the lower lung field,
+    where opacities often are. Entries flow left to right and wrap; the text grows with the
+    image width but never gets smaller than a readable ~9 px. Empty when no layer is shown.
+    """
+    import cv2
+
+    entries = legend_entries(options)
+    if not entries or width <= 0:
+        return np.zeros((0, max(width, 0), 3), np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, width / 1400)
+    thick = max(1, int(round(scale * 1.5)))
+    (_, text_h), base = cv2.getTextSize("Ag", font, scale, thick)
+    line, pad, swatch = text_h + base + int(10 * scale) + 4, int(8 * scale) + 2, text_h
+    placed, x, row = [], pad, 0
+    for text, colour in entries:
+        w = swatch + pad // 2 + cv2.getTextSize(text, font, scale, thick)[0][0]
+        if x > pad and x + w > width - pad:
+            x, row = pad, row + 1
+        placed.append((x, row, text, colour))
+        x += w + 2 * pad
+    strip = np.full((line * (row + 1) + pad // 2, width, 3), 24, np.uint8)
+    for x, r, text, colour in placed:
+        y = r * line + pad // 2 + text_h + base // 2
+        cv2.rectangle(strip, (x, y - swatch), (x + swatch, y), colour, -1)
+        cv2.putText(strip, text, (x + swatch + pad // 2, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return strip
 
 
 def encode_png(arr: np.ndarray) -> bytes:
