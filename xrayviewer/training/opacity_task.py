@@ -377,14 +377,12 @@ def _truth_figures(truth: np.ndarray, truth_lung: np.ndarray, min_fraction: floa
 
 
 def evaluate_records(model: Any, input_size: int, records: list[Record], data_dir: Path,
-                     lung_source: str, segmenter: Any, threshold: float | Sequence[float],
-                     min_fraction: float) -> Any:
-    """Per-image metrics at full resolution through the app's own figures (analyze_probability).
-
-    With one threshold: a list of rows. With a sequence: ``{threshold: rows}`` from a single
-    pass of the model (the threshold sweep of :func:`choose_threshold`).
-    """
-    grid = [float(threshold)] if np.isscalar(threshold) else [float(x) for x in threshold]
+                     lung_source: str, segmenter: Any, thresholds: Sequence[float],
+                     min_fraction: float) -> dict[float, list[dict]]:
+    """Per-image metrics at full resolution through the app's own figures (analyze_probability),
+    ``{threshold: rows}`` from a single pass of the model (one threshold, or the sweep of
+    :func:`choose_threshold`)."""
+    grid = [float(x) for x in thresholds]
     out: dict[float, list[dict]] = {th: [] for th in grid}
     for start in range(0, len(records), 32):
         chunk = records[start:start + 32]
@@ -415,7 +413,7 @@ def evaluate_records(model: Any, input_size: int, records: list[Record], data_di
                     "involvement_pct": round(res.involvement_pct["total"], 3),
                     "truth_involvement_pct": round(t_pct, 3), "grade": res.grade, "truth_grade": t_grade,
                 })
-    return out[grid[0]] if np.isscalar(threshold) else out
+    return out
 
 
 def _operating_point(rows: list[dict]) -> tuple[float, float]:
@@ -538,25 +536,23 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     val_recs = opacity_records(data_dir, split, "val", max_images)
     t0 = time.time()
     tuning = None
+    by_t = evaluate_records(model, size, val_recs, data_dir, lung_source, segmenter,
+                            THRESHOLD_GRID if threshold is None else [threshold], min_fraction)
     if threshold is None:  # choose it on validation (cross-fitted figures in the summary)
-        by_t = evaluate_records(model, size, val_recs, data_dir, lung_source, segmenter, THRESHOLD_GRID,
-                                min_fraction)
         tuning = choose_threshold(by_t)
         threshold = tuning["threshold"]
-        rows = by_t[threshold]
         log.info("threshold %.2f chosen on val (folds %s); cross-fitted COVID Dice %.4f, Normal FP %.3f",
                  threshold, tuning["fold_thresholds"], tuning["cross_fitted_2fold"]["covid_dice_mean"],
                  tuning["cross_fitted_2fold"]["normal_false_positive_rate"])
-    else:
-        rows = evaluate_records(model, size, val_recs, data_dir, lung_source, segmenter, threshold, min_fraction)
+    rows = by_t[float(threshold)]
     log.info("val: %d images in %.1fs", len(rows), time.time() - t0)
     by_class = {c: _class_summary([r for r in rows if r["label"] == c]) for c in (COVID, NORMAL, OTHER)}
     sample = set(weak_check_sample(val_recs, data_dir))
     weak = [r for r in rows if r["image"] in sample]
 
     gb = [r for r in read_all(data_dir, ("generalblockchain",), max_images) if r.infection_mask and r.lung_mask]
-    gb_rows = evaluate_records(model, size, gb, data_dir, lung_source, segmenter, threshold,
-                               min_fraction) if gb else []
+    gb_rows = evaluate_records(model, size, gb, data_dir, lung_source, segmenter, [threshold],
+                               min_fraction)[float(threshold)] if gb else []
     train_recs = opacity_records(data_dir, split, "train", max_images)
     if gb and train_recs:  # flag GB films that are near-duplicates of a training image (leakage)
         fp_gb = np.stack([fingerprint(read_gray(r.image)) for r in gb])
