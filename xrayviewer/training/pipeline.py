@@ -79,12 +79,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, training: bool,
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     size = int(x.shape[1])
 
-    def stream(idx: np.ndarray, stream_seed: int) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
-        return ds.shuffle(len(idx), seed=stream_seed, reshuffle_each_iteration=True).repeat()
+    def stream(xs: np.ndarray, ys: np.ndarray, stream_seed: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((xs, ys))
+        return ds.shuffle(len(xs), seed=stream_seed, reshuffle_each_iteration=True).repeat()
 
     if positive_fraction is None:
-        ds = stream(np.arange(len(x)), seed)
+        ds = stream(x, y, seed)  # the arrays themselves: no index copy of the whole training set
     else:
         if not 0.0 < positive_fraction < 1.0:
             raise ValueError(f"positive_fraction must be in (0, 1), not {positive_fraction}")
@@ -93,7 +93,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, training: bool,
         if not len(pos) or not len(neg):
             raise ValueError("positive_fraction needs images with and without a mask")
         ds = tf.data.Dataset.sample_from_datasets(
-            [stream(pos, seed), stream(neg, seed + 1)], weights=[positive_fraction, 1.0 - positive_fraction],
+            [stream(x[pos], y[pos], seed), stream(x[neg], y[neg], seed + 1)], weights=[positive_fraction, 1.0 - positive_fraction],
             seed=seed)
     ds = ds.map(lambda a, b: augment(a, b, size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
