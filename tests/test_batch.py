@@ -244,3 +244,28 @@ def test_pdf_report_content(tmp_path: Path, dicom_dir: Path) -> None:
     assert "Dog" not in text and "123456" not in text
     raw = path.read_bytes()
     assert b"/Title" in raw and b"xrayviewer" in raw
+
+
+def test_writers_mark_every_output(folder: Path, tmp_path: Path) -> None:
+    import pydicom
+    from PIL import Image
+
+    from xrayviewer.provenance import DICOM_MANUFACTURER, PNG_MARKER_KEY, SOFTWARE, own_output_reason
+
+    out = tmp_path / "out"
+    items, _ = discover([folder], recursive=True)
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=("csv", "json", "png", "pdf", "dicom"))).run(items)
+    for name, kind in (("overlay", "overlay"), ("lung", "lung-labels"), ("opacity", "opacity-mask")):
+        path = out / "sub" / f"dx.dcm.{name}.png"
+        info = Image.open(path).info
+        assert info[PNG_MARKER_KEY] == kind and info["Software"] == SOFTWARE
+        renamed = shutil.copy(path, tmp_path / f"{name}.png")
+        assert f"PNG marked '{kind}'" in own_output_reason(Path(renamed))
+    for name in ("seg", "sc"):
+        path = out / "sub" / f"dx.dcm.{name}.dcm"
+        ds = pydicom.dcmread(path)
+        assert ds.Manufacturer == DICOM_MANUFACTURER and ds.ManufacturerModelName == "xrayviewer"
+        renamed = shutil.copy(path, tmp_path / f"{name}.dcm")
+        assert "DICOM Manufacturer" in own_output_reason(Path(renamed))
+    assert "by its name" in own_output_reason(out / "sub" / "dx.dcm.report.pdf")
+    assert own_output_reason(folder / "sub" / "dx.dcm") is None

@@ -29,13 +29,13 @@ from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import CSV_COLUMNS, AnalysisResult, error_record
+from ..provenance import JOURNAL_NAME, OUTPUT_SUFFIXES
 from .journal import Journal
 
 log = logging.getLogger(__name__)
 
 ALL_FORMATS = ("csv", "json", "png")
 KNOWN_FORMATS = ("csv", "json", "png", "pdf", "dicom")
-JOURNAL_NAME = ".xrayviewer-journal.jsonl"
 
 
 class BatchAnalyzer(Protocol):
@@ -142,14 +142,7 @@ def _add(items: list[BatchItem], seen: set[str], item: BatchItem) -> None:
 
 def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
     base = out_dir / rel
-    return {
-        "overlay": base.with_name(base.name + ".overlay.png"),
-        "lung": base.with_name(base.name + ".lung.png"),
-        "opacity": base.with_name(base.name + ".opacity.png"),
-        "pdf": base.with_name(base.name + ".report.pdf"),
-        "seg": base.with_name(base.name + ".seg.dcm"),
-        "sc": base.with_name(base.name + ".sc.dcm"),
-    }
+    return {kind: base.with_name(base.name + suffix) for kind, suffix in OUTPUT_SUFFIXES.items()}
 
 
 def safe_rel(item: BatchItem, image: XRayImage | None, sha256: str, phi: bool) -> Path:
@@ -170,13 +163,14 @@ def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[st
         image.display, lung_labels=result.lung_labels, opacity_mask=result.opacity_mask, regions=result.regions,
         heatmap=result.heatmap, options=OverlayOptions(heatmap=result.heatmap is not None, legend=True, alpha=0.35),
     )
-    atomic_write_bytes(paths["overlay"], encode_png(overlay))
+    atomic_write_bytes(paths["overlay"], encode_png(overlay, "overlay"))
     written.append(str(paths["overlay"]))
     if result.lung_labels is not None:
-        atomic_write_bytes(paths["lung"], encode_png(result.lung_labels.astype(np.uint8)))
+        atomic_write_bytes(paths["lung"], encode_png(result.lung_labels.astype(np.uint8), "lung-labels"))
         written.append(str(paths["lung"]))
     if result.opacity_mask is not None:
-        atomic_write_bytes(paths["opacity"], encode_png((result.opacity_mask > 0).astype(np.uint8) * 255))
+        atomic_write_bytes(paths["opacity"], encode_png((result.opacity_mask > 0).astype(np.uint8) * 255,
+                                                          "opacity-mask"))
         written.append(str(paths["opacity"]))
     return written
 

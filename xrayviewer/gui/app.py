@@ -918,7 +918,7 @@ class ViewerApp:
         rgb = self.export_image()
         if rgb is None:
             raise XRayViewerError("nothing to export: open an image first")
-        return atomic_write_bytes(path, encode_png(rgb))
+        return atomic_write_bytes(path, encode_png(rgb, "overlay" if self.analysis is not None else "view"))
 
     def ask_export_png(self) -> None:
         if self.image is None:

@@ -216,12 +216,23 @@ def legend_strip(width: int, options: OverlayOptions) -> np.ndarray:
     return strip
 
 
-def encode_png(arr: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 grey/RGB array (label images keep their exact values)."""
+def encode_png(arr: np.ndarray, kind: str = "overlay") -> bytes:
+    """PNG bytes of a uint8 grey/RGB array (label images keep their exact values).
+
+    Every PNG we write is marked as ours (``tEXt`` chunks before the image data, see
+    ``xrayviewer.provenance``), so a later batch never analyses it as an X-ray; ``kind``
+    says what it is (overlay, lung-labels, opacity-mask).
+    """
     import io
 
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
+    from ..provenance import png_text
+
+    info = PngInfo()
+    for key, value in png_text(kind).items():
+        info.add_text(key, value)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()

@@ -24,11 +24,14 @@ from ..errors import XRayViewerError
 from ..fsutil import atomic_write_bytes
 from ..imaging import XRayImage
 from ..inference.result import AnalysisResult
+from ..provenance import DICOM_MANUFACTURER
 from ..rendering.overlay import OverlayOptions, compose_overlay
 
 log = logging.getLogger(__name__)
 
-MANUFACTURER = "xrayviewer project"
+# Who created the instance (Equipment module); also how a later batch recognises our
+# outputs and never analyses them as X-rays (xrayviewer.provenance).
+MANUFACTURER = DICOM_MANUFACTURER
 UID_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 REMOVE = (
     "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
@@ -181,6 +184,7 @@ def write_secondary_capture(result: AnalysisResult, image: XRayImage, path: str 
     # Algorithm identification for the SC (no module of its own): contributing equipment + comments.
     sc.SoftwareVersions = __version__
     sc.Manufacturer = MANUFACTURER
+    sc.ManufacturerModelName = "xrayviewer"
     _mark(sc, phi)
     return atomic_write_bytes(path, _serialise(sc))
 
