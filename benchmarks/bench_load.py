@@ -74,7 +74,8 @@ def main() -> None:
     for k in range(args.images):
         f = pool[k % len(pool)]
         os.symlink(f, src / f"{k:05d}_{f.name}")
-    items, errors = discover([src])
+    found = discover([src])
+    items, errors = found.items, found.problems
     assert len(items) == args.images and not errors, (len(items), errors)
 
     analyzer = Analyzer()

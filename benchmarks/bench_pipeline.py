@@ -98,7 +98,7 @@ def main() -> None:
         src.mkdir()
         for i, p in enumerate(paths):
             os.symlink(p, src / f"{i:04d}_{p.name}")
-        items, _ = discover([src])
+        items = discover([src]).items
         rates = []
         for r in range(args.runs):
             out = tmp / f"out{r}"

@@ -80,13 +80,13 @@ def folder(tmp_path: Path, data_dir: Path, dicom_dir: Path) -> Path:
 
 
 def test_discover(folder: Path) -> None:
-    flat, problems = discover([folder])
+    flat = discover([folder]).items
     assert [i.key for i in flat] == sorted([i.key for i in flat], key=str.lower)
     assert "notes.txt" not in [i.key for i in flat] and ".hidden.png" not in [i.key for i in flat]
     assert not any("/" in i.key for i in flat)
-    deep, _ = discover([folder], recursive=True)
+    deep = discover([folder], recursive=True).items
     assert {"sub/dx.dcm"} <= {i.key for i in deep}
-    _, problems = discover([folder / "nope"])
+    problems = discover([folder / "nope"]).problems
     assert problems and "not found" in problems[0][1]
 
 
@@ -97,7 +97,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def test_folder_run_outputs_and_errors(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    items, _ = discover([folder], recursive=True)
+    items = discover([folder], recursive=True).items
     summary = BatchRunner(ThresholdAnalyzer(), BatchOptions(out, batch_size=3)).run(items)
     rows = _rows(out)
     assert list(rows[0].keys()) == list(CSV_COLUMNS)
@@ -121,7 +121,7 @@ def test_folder_run_outputs_and_errors(folder: Path, tmp_path: Path) -> None:
 
 def test_resume_after_interruption_loses_and_duplicates_nothing(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    items, _ = discover([folder], recursive=True)
+    items = discover([folder], recursive=True).items
     token = CancelToken()
     first = ThresholdAnalyzer(cancel_after=2, token=token)
     s1 = BatchRunner(first, BatchOptions(out, batch_size=1), cancel=token).run(items)
@@ -144,7 +144,7 @@ def test_resume_after_interruption_loses_and_duplicates_nothing(folder: Path, tm
 
 def test_changed_input_is_reanalysed(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    items, _ = discover([folder])
+    items = discover([folder]).items
     BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
     target = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
     target.path.write_bytes(make_dicom(np.full((32, 32), 100, np.uint16)))
@@ -155,7 +155,7 @@ def test_changed_input_is_reanalysed(folder: Path, tmp_path: Path) -> None:
 
 def test_deleted_outputs_are_made_again_on_resume(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    items, _ = discover([folder])
+    items = discover([folder]).items
     BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
     target = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
     overlay = out / (target.rel.name + ".overlay.png")
@@ -170,7 +170,7 @@ def test_deleted_outputs_are_made_again_on_resume(folder: Path, tmp_path: Path) 
 
 def test_one_failing_image_does_not_sink_its_batch(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    items, _ = discover([folder])
+    items = discover([folder]).items
     victim = next(i for i in items if i.path.suffix == ".png" and "tiny" not in i.key)
     summary = BatchRunner(ThresholdAnalyzer(fail_on=victim.path.name), BatchOptions(out, batch_size=8)).run(items)
     rows = {Path(r["path"]).name: r for r in _rows(out)}
@@ -187,7 +187,7 @@ def test_disk_full_is_a_clear_error_and_leaves_no_partial_files(folder: Path, tm
 
     monkeypatch.setattr(engine, "atomic_write_bytes", full)
     out = tmp_path / "out"
-    items, _ = discover([folder])
+    items = discover([folder]).items
     summary = BatchRunner(ThresholdAnalyzer(), BatchOptions(out)).run(items)
     rows = _rows(out)
     written = [r for r in rows if r["status"] == "error" and "No space left on device" in r["reason"]]
@@ -209,7 +209,7 @@ def test_phi_never_leaks_into_names_csv_or_pdf(tmp_path: Path) -> None:
     pix = (np.arange(64 * 64).reshape(64, 64) % 4000).astype(np.uint16)
     (src / "Jane_PID-12345.dcm").write_bytes(make_dicom(pix, patient_name="Doe^Jane", patient_id="PID-12345"))
     out = tmp_path / "out"
-    items, _ = discover([tmp_path / "in"], recursive=True)
+    items = discover([tmp_path / "in"], recursive=True).items
     BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=("csv", "json", "png", "pdf"))).run(items)
     secrets = ("Doe", "Jane", "PID-12345", "19700101", "ACC-999")
     names = [p.relative_to(out).as_posix() for p in out.rglob("*")]
@@ -253,7 +253,7 @@ def test_writers_mark_every_output(folder: Path, tmp_path: Path) -> None:
     from xrayviewer.provenance import DICOM_MANUFACTURER, PNG_MARKER_KEY, SOFTWARE, own_output_reason
 
     out = tmp_path / "out"
-    items, _ = discover([folder], recursive=True)
+    items = discover([folder], recursive=True).items
     BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=("csv", "json", "png", "pdf", "dicom"))).run(items)
     for name, kind in (("overlay", "overlay"), ("lung", "lung-labels"), ("opacity", "opacity-mask")):
         path = out / "sub" / f"dx.dcm.{name}.png"
@@ -269,3 +269,88 @@ def test_writers_mark_every_output(folder: Path, tmp_path: Path) -> None:
         assert "DICOM Manufacturer" in own_output_reason(Path(renamed))
     assert "by its name" in own_output_reason(out / "sub" / "dx.dcm.report.pdf")
     assert own_output_reason(folder / "sub" / "dx.dcm") is None
+
+
+# --------------------------------------------------------------------------- own outputs
+ALL_OUTPUTS = ("csv", "json", "png", "pdf", "dicom")
+
+
+def _run_in_place(folder: Path, analyzer: ThresholdAnalyzer, out: Path):
+    """What the viewer's batch dialog and `cd folder && xrayviewer analyze . -r` do."""
+    found = discover([folder], recursive=True, out_dir=out)
+    summary = BatchRunner(analyzer, BatchOptions(out, formats=ALL_OUTPUTS)).run(found.items)
+    return found, summary
+
+
+def test_rerun_with_the_output_folder_inside_the_input_adds_nothing(folder: Path) -> None:
+    out = folder / "xrayviewer-results"
+    first = ThresholdAnalyzer()
+    found1, s1 = _run_in_place(folder, first, out)
+    rows1 = _rows(out)
+    assert found1.own_outputs == []
+    written = {p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert {p.name for p in written} >= {"dx.dcm.overlay.png", "dx.dcm.lung.png", "dx.dcm.opacity.png",
+                                         "dx.dcm.report.pdf", "dx.dcm.seg.dcm", "dx.dcm.sc.dcm"}
+
+    second = ThresholdAnalyzer()
+    found2, s2 = _run_in_place(folder, second, out)
+    assert [i.key for i in found2.items] == [i.key for i in found1.items]
+    assert second.seen == [] and s2.skipped == s1.ok + s1.refused  # only the error row is retried
+    rows2 = _rows(out)
+    assert len(rows2) == len(found1.items) and not any(str(out) in r["path"] for r in rows2)
+    # The same rows; the error row (retried every run, by design) differs only in its time.
+    assert [r for r in rows2 if r["status"] != "error"] == [r for r in rows1 if r["status"] != "error"]
+    assert [{**r, "seconds": ""} for r in rows2] == [{**r, "seconds": ""} for r in rows1]
+    # The summary can say how many files of ours were left out: every image written.
+    images = {p for p in written if p.suffix in (".png", ".dcm")}
+    assert {p for p, _ in found2.own_outputs} == images
+    assert all("output folder" in why for _, why in found2.own_outputs)
+
+
+def test_own_outputs_are_recognised_wherever_they_lie(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=ALL_OUTPUTS)).run(discover([folder], True).items)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    real = folder / "sub" / "dx.dcm"
+    shutil.copy(real, elsewhere / "film.dcm")  # the one real input
+    # Moved and renamed: recognised by content (PNG tEXt marker, DICOM Manufacturer).
+    shutil.copy(out / "sub" / "dx.dcm.overlay.png", elsewhere / "renamed-overlay.png")
+    shutil.copy(out / "sub" / "dx.dcm.lung.png", elsewhere / "deep" / "labels.png")
+    shutil.copy(out / "sub" / "dx.dcm.sc.dcm", elsewhere / "deep" / "capture.dcm")
+    shutil.copy(out / "sub" / "dx.dcm.seg.dcm", elsewhere / "seg")
+    # Named like ours (an output of an older version, without the marker): recognised by name.
+    shutil.copy(real, elsewhere / "old.dcm.overlay.png")
+    # A whole output folder of another run, nested anywhere: skipped as a folder.
+    shutil.copytree(out, elsewhere / "deep" / "old-results")
+    (elsewhere / "deep" / "old-results" / "unmarked.png").write_bytes(png_bytes(np.full((32, 32), 9, np.uint8)))
+
+    found = discover([elsewhere], recursive=True)
+    assert [i.key for i in found.items] == ["film.dcm"]
+    why = {p.relative_to(elsewhere).as_posix(): w for p, w in found.own_outputs}
+    assert "PNG marked 'overlay'" in why["renamed-overlay.png"]
+    assert "PNG marked 'lung-labels'" in why["deep/labels.png"]
+    assert "DICOM Manufacturer" in why["deep/capture.dcm"] and "DICOM Manufacturer" in why["seg"]
+    assert "by its name" in why["old.dcm.overlay.png"]
+    assert "output folder" in why["deep/old-results/unmarked.png"]
+    # Given by name, or with the output folder itself as the input (`--out .`): still skipped,
+    # file by file, while a real input in the same folder is kept.
+    named = discover([elsewhere / "renamed-overlay.png", elsewhere / "film.dcm"])
+    assert [i.key for i in named.items] == ["film.dcm"] and len(named.own_outputs) == 1
+    ours = {p for p in out.rglob("*") if p.suffix in (".png", ".dcm")}
+    shutil.copy(real, out / "input-in-out.dcm")
+    inside = discover([out], recursive=True, out_dir=out)
+    assert [i.key for i in inside.items] == ["input-in-out.dcm"] and {p for p, _ in inside.own_outputs} == ours
+    # The viewer's folder list shows them (for looking at, not analysing).
+    assert len(discover([elsewhere], skip_own_outputs=False).items) == 4
+
+
+def test_real_inputs_are_never_taken_for_our_outputs(data_dir: Path, dicom_dir: Path) -> None:
+    from xrayviewer.provenance import own_output_reason
+
+    files = [p for p in dicom_dir.rglob("*.dcm")]
+    files += sorted((data_dir / "nih" / "X-Ray Image DataSet" / "No_findings").glob("*.png"))[:20]
+    files += sorted((data_dir / "covid-qu-ex").rglob("*.png"))[:20]
+    assert len(files) > 40
+    assert {p.name: own_output_reason(p) for p in files if own_output_reason(p)} == {}
+

@@ -1,9 +1,11 @@
-"""`xrayviewer info`: per-file results, errors without stopping, exit codes, no PHI by default."""
+"""`xrayviewer info` and `analyze`: per-file results, errors without stopping, exit codes, no PHI
+by default, nothing of ours re-analysed."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +67,54 @@ def test_console_entry_points_run(dicom_dir: Path) -> None:
     assert "JPEG-LS" in proc.stdout
     ok = subprocess.run([sys.executable, "-m", "xrayviewer", "--version"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "xrayviewer" in ok.stdout
+
+
+def _films(data_dir: Path, dest: Path, n: int, start: int = 0) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    src = sorted((data_dir / "nih" / "X-Ray Image DataSet" / "No_findings").glob("*.png"))[start:start + n]
+    return [Path(shutil.copy(p, dest / p.name)) for p in src]
+
+
+def test_analyze_twice_in_place_gives_the_same_rows_and_history(data_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`cd folder && xrayviewer analyze . -r` twice: the default output folder lies inside the
+    input; the second run must analyse nothing of ours and leave the same rows."""
+    from test_batch import ThresholdAnalyzer
+
+    import xrayviewer.inference.analyzer as analyzer_module
+    from xrayviewer.history import History
+
+    analysers: list[ThresholdAnalyzer] = []
+
+    class Fake(ThresholdAnalyzer):
+        def __init__(self, **kwargs):
+            super().__init__()
+            analysers.append(self)
+
+    monkeypatch.setattr(analyzer_module, "Analyzer", Fake)
+    monkeypatch.setattr(analyzer_module, "require_models", lambda: [])
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "history.sqlite3"))
+    folder = tmp_path / "films"
+    films = _films(data_dir, folder, 5) + _films(data_dir, folder / "sub", 1, start=5)
+    monkeypatch.chdir(folder)
+
+    code, first = _run(["analyze", ".", "-r", "-q", "--format", "csv,json,png,pdf"])
+    assert code == 0 and "6 image(s): 6 analysed" in first and "skipped" not in first
+    rows1 = (folder / "xrayviewer-results" / "results.csv").read_text()
+    code, second = _run(["analyze", ".", "-r", "-q", "--format", "csv,json,png,pdf"])
+    assert code == 0 and "6 already done" in second
+    assert "18 files skipped as xrayviewer's own outputs" in second  # 3 PNGs per film
+    assert (folder / "xrayviewer-results" / "results.csv").read_text() == rows1
+    assert len(rows1.splitlines()) == 1 + 6 and analysers[1].seen == []
+    assert sorted(Path(s).name for s in analysers[0].seen) == sorted(f.name for f in films)
+    entries = History().entries(limit=100)
+    assert sorted(Path(e.input_path).name for e in entries) == sorted(f.name for f in films)
+    # An output named on the command line is skipped with a warning, not analysed.
+    capsys.readouterr()
+    overlay = f"xrayviewer-results/sub/{films[-1].name}.overlay.png"
+    code, third = _run(["analyze", overlay, "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and third == "" and len(analysers) == 2
+    assert f"{overlay}: skipped: an xrayviewer output by its name (*.overlay.png)" in err
+    assert f"no images found in {overlay} (1 file skipped as xrayviewer's own outputs)" in err

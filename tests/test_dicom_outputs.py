@@ -63,7 +63,7 @@ def test_batch_dicom_format_and_burned_in_warning(tmp_path: Path, data_dir: Path
     png = sorted((data_dir / "nih" / "X-Ray Image DataSet" / "No_findings").glob("*.png"))[0]
     (src / "b.png").write_bytes(png.read_bytes())
     out = tmp_path / "out"
-    items, _ = discover([src])
+    items = discover([src]).items
     BatchRunner(ThresholdAnalyzer(), BatchOptions(out, formats=("csv", "dicom"))).run(items)
     assert (out / "a.dcm.seg.dcm").is_file() and (out / "a.dcm.sc.dcm").is_file()
     assert not list(out.glob("b.png.*.dcm"))  # DICOM outputs only for DICOM inputs

@@ -29,7 +29,7 @@ class SlowAnalyzer(ThresholdAnalyzer):
         time.sleep(0.05)
         return super().analyze_batch(images, cancel=cancel)
 
-items, _ = discover([Path(sys.argv[1])])
+items = discover([Path(sys.argv[1])]).items
 BatchRunner(SlowAnalyzer(), BatchOptions(Path(sys.argv[2]), formats=("csv", "json", "png", "pdf"), batch_size=2)).run(items)
 """
 
@@ -143,7 +143,8 @@ def test_long_batch_keeps_memory_threads_and_files_flat(tmp_path: Path, data_dir
     n = 2000
     for k in range(n):
         os.symlink(pool[k % len(pool)], src / f"{k:05d}_{pool[k % len(pool)].name}")
-    items, errors = discover([src])
+    found = discover([src])
+    items, errors = found.items, found.problems
     assert len(items) == n and not errors
     fds_before = len(os.listdir("/proc/self/fd"))
     threads_before = threading.active_count()

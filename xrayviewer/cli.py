@@ -207,11 +207,19 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
             log.error("model not usable: %s", m)
         log.error("the bundled models are missing or damaged; reinstall xrayviewer")
         return 3
-    items, problems = discover(args.paths, recursive=args.recursive)
+    found = discover(args.paths, recursive=args.recursive, out_dir=args.out)
+    items, problems = found.items, found.problems
     for path, why in problems:
         log.error("%s: %s", path, why)
+    named = set(args.paths)
+    for path, why in found.own_outputs:
+        if path in named:
+            log.warning("%s: skipped: %s (xrayviewer never analyses its own outputs)", path, why)
+        else:
+            log.info("skipped %s: %s", path, why)
+    own = _own_outputs_note(len(found.own_outputs))
     if not items:
-        log.error("no images found in %s", ", ".join(map(str, args.paths)))
+        log.error("no images found in %s%s", ", ".join(map(str, args.paths)), f" ({own})" if own else "")
         return 1
     cancel = CancelToken()
 
@@ -251,7 +259,8 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     out.write(
         f"{summary.total} image(s): {summary.ok} analysed, {summary.refused} refused, {summary.errors} failed"
         f"{f', {summary.skipped} already done' if summary.skipped else ''}"
-        f"{' (cancelled)' if summary.cancelled else ''} in {summary.seconds:.1f} s\n"
+        f"{' (cancelled)' if summary.cancelled else ''} in {summary.seconds:.1f} s"
+        f"{f'; {own}' if own else ''}\n"
     )
     for path in (summary.csv_path, summary.jsonl_path, summary.pdf_path):
         if path:
@@ -259,6 +268,10 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     if summary.cancelled:
         return 130
     return 1 if summary.errors or problems else 0
+
+
+def _own_outputs_note(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''} skipped as xrayviewer's own outputs" if n else ""
 
 
 def _open_history() -> Any:

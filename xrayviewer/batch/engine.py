@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import CSV_COLUMNS, AnalysisResult, error_record
-from ..provenance import JOURNAL_NAME, OUTPUT_SUFFIXES
+from ..provenance import JOURNAL_NAME, OUTPUT_SUFFIXES, is_output_folder, own_output_reason
 from .journal import Journal
 
 log = logging.getLogger(__name__)
@@ -99,34 +100,118 @@ class BatchSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def discover(paths: Iterable[str | Path], recursive: bool = False) -> tuple[list[BatchItem], list[tuple[Path, str]]]:
-    """Expand files and folders into items; returns (items, problems).
+@dataclass
+class Discovery:
+    """What :func:`discover` found: the inputs, the paths it could not use, and the files
+    it left out because xrayviewer wrote them (each with the reason, for the summary)."""
 
-    Files given explicitly are always included (a bad one becomes an error row); files
-    found in folders are included when their content looks like an image.
+    items: list[BatchItem] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    own_outputs: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def discover(paths: Iterable[str | Path], recursive: bool = False, *, out_dir: str | Path | None = None,
+             skip_own_outputs: bool = True) -> Discovery:
+    """Expand files and folders into batch items: the one discovery of the GUI, the CLI and
+    any other engine.
+
+    Files found in folders are included when their content looks like an image; hidden
+    files and folders are not. Files given explicitly are included even when they are not
+    images (a bad one becomes an error row).
+
+    Never included, wherever they lie (``skip_own_outputs``, on unless a caller wants to
+    *view* files rather than analyse them): the batch's own ``out_dir``, any other folder a
+    batch wrote into, and any file xrayviewer wrote (by name or by its embedded marker; see
+    ``xrayviewer.provenance`` for why all three signals). Such files, when they are images,
+    are listed in ``Discovery.own_outputs`` so that the summary can say how many were
+    skipped. A folder the user names is always searched, even if it is itself an output
+    folder (``--out .``): then its files are judged one by one.
     """
-    items: list[BatchItem] = []
-    problems: list[tuple[Path, str]] = []
+    found = Discovery()
     seen: set[str] = set()
+    seen_own: set[Path] = set()
+    out_resolved = _resolved(out_dir) if out_dir is not None else None
+
+    def skip(f: Path, why: str) -> None:
+        if _resolved(f) not in seen_own:  # once, even if named and also found in a folder
+            seen_own.add(_resolved(f))
+            found.own_outputs.append((f, why))
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            for f in sorted(it, key=lambda q: q.as_posix().lower()):
-                if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
-                    continue
-                try:
-                    with open(f, "rb") as fh:
-                        if not sniff_format(fh.read(512)):
-                            continue
-                except OSError:
-                    continue
-                _add(items, seen, BatchItem(f, f.relative_to(p)))
+            candidates, pruned = _walk(p, recursive, out_resolved, prune_outputs=skip_own_outputs)
+            for folder, why in pruned:
+                for f in _images_under(folder):
+                    skip(f, why)
+            for f in candidates:
+                reason = own_output_reason(f) if skip_own_outputs else None
+                if reason:
+                    skip(f, reason)
+                else:
+                    _add(found.items, seen, BatchItem(f, f.relative_to(p)))
         elif p.exists():
-            _add(items, seen, BatchItem(p, Path(p.name)))
+            reason = own_output_reason(p) if skip_own_outputs and p.is_file() else None
+            if reason:
+                skip(p, reason)
+            else:
+                _add(found.items, seen, BatchItem(p, Path(p.name)))
         else:
-            problems.append((p, "file or folder not found"))
-    return items, problems
+            found.problems.append((p, "file or folder not found"))
+    return found
+
+
+def _resolved(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except OSError:
+        return Path(os.path.abspath(path))
+
+
+def _walk(root: Path, recursive: bool, out_dir: Path | None, *, prune_outputs: bool
+          ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files under ``root``, sorted as before; output folders pruned, with why).
+
+    Symbolic links to folders are not followed (as ``Path.rglob`` did)."""
+    files: list[Path] = []
+    pruned: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        keep = []
+        for d in dirnames:
+            sub = here / d
+            if d.startswith(".") or not recursive:
+                continue
+            if prune_outputs and out_dir is not None and _resolved(sub) == out_dir:
+                pruned.append((sub, "inside this run's output folder"))
+            elif prune_outputs and is_output_folder(sub):
+                pruned.append((sub, f"inside an xrayviewer output folder ({sub})"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        files.extend(here / f for f in filenames if not f.startswith(".") and _looks_like_image(here / f))
+    files.sort(key=lambda q: q.as_posix().lower())
+    return files, pruned
+
+
+def _looks_like_image(f: Path) -> bool:
+    try:
+        if not f.is_file():
+            return False
+        with open(f, "rb") as fh:
+            return bool(sniff_format(fh.read(512)))
+    except OSError:
+        return False
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """The image files in a pruned output folder (counted as skipped, never analysed)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(Path(dirpath) / f for f in filenames
+                   if not f.startswith(".") and _looks_like_image(Path(dirpath) / f))
+    return sorted(out, key=lambda q: q.as_posix().lower())
 
 
 def _add(items: list[BatchItem], seen: set[str], item: BatchItem) -> None:

@@ -44,10 +44,13 @@ PANEL_WIDTH = 300
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Files in ``folder`` (not recursive) whose content is an image: the batch engine's rule."""
+    """Files in ``folder`` (not recursive) whose content is an image: the batch engine's rule.
+
+    Our own outputs are listed too: this list is for looking at files (an overlay PNG is
+    worth viewing); only a batch leaves them out."""
     from ..batch import discover
 
-    return [item.path for item in discover([folder])[0]]
+    return [item.path for item in discover([folder], skip_own_outputs=False).items]
 
 
 class ViewerApp:

@@ -1,5 +1,7 @@
 """Batch dialog: choose a folder and options, watch progress (counts, rate, ETA), cancel,
-and see a sortable results table fill as images finish. Same engine and resume as the CLI.
+and see a sortable results table fill as images finish. Same engine, discovery and resume
+as the CLI: the output folder and every file xrayviewer wrote are never analysed, so
+pressing Start again resumes and adds nothing.
 
 The engine runs on a worker thread; its progress and rows arrive through a queue that the
 Tk thread drains with ``after()``.
@@ -31,11 +33,11 @@ def _run_batch(analyzer: Any, folder: Path, out: Path, recursive: bool, formats:
     from ..batch import BatchOptions, BatchRunner, discover
 
     try:
-        items, _ = discover([folder], recursive=recursive)
-        inbox.put(("total", len(items)))
+        found = discover([folder], recursive=recursive, out_dir=out)
+        inbox.put(("discovered", found))
         runner = BatchRunner(analyzer, BatchOptions(out, formats), progress=lambda p: inbox.put(("progress", p)),
                              on_row=lambda r: inbox.put(("row", r)), cancel=cancel)
-        inbox.put(("done", runner.run(items)))
+        inbox.put(("done", runner.run(found.items)))
     except BaseException as exc:  # reported in the dialog
         inbox.put(("error", exc))
 
@@ -55,6 +57,7 @@ class BatchDialog(tk.Toplevel):
         self.rows: list[dict] = []
         self.summary: Any = None
         self.error: str | None = None
+        self.own_outputs = 0  # files of ours that discovery left out in the last run
         self._cancel: Any = None
         self._thread: threading.Thread | None = None
         self._sort: tuple[str, bool] = ("file", False)
@@ -133,7 +136,7 @@ class BatchDialog(tk.Toplevel):
             return
         self.rows.clear()
         self.tree.delete(*self.tree.get_children())
-        self.summary, self.error = None, None
+        self.summary, self.error, self.own_outputs = None, None, 0
         self._cancel = CancelToken()
         self.start_button.configure(state="disabled")
         self.cancel_button.configure(state="normal")
@@ -162,8 +165,9 @@ class BatchDialog(tk.Toplevel):
         try:
             while True:
                 kind, value = self.inbox.get_nowait()
-                if kind == "total":
-                    self.progress.configure(maximum=max(1, value), value=0)
+                if kind == "discovered":
+                    self.own_outputs = len(value.own_outputs)
+                    self.progress.configure(maximum=max(1, len(value.items)), value=0)
                 elif kind == "progress":
                     self._show_progress(value)
                 elif kind == "row":
@@ -225,8 +229,10 @@ class BatchDialog(tk.Toplevel):
             self.tree.delete(*self.tree.get_children())
             for i, r in enumerate(self.rows):
                 self._insert(i, r)
+        own = (f", {self.own_outputs} file{'s' if self.own_outputs != 1 else ''} skipped as xrayviewer's own "
+               f"outputs" if self.own_outputs else "")
         self.status.set(f"{'Cancelled' if summary.cancelled else 'Finished'}: {summary.ok} analysed, "
-                        f"{summary.refused} not scored, {summary.errors} failed, {summary.skipped} already done "
+                        f"{summary.refused} not scored, {summary.errors} failed, {summary.skipped} already done{own} "
                         f"- results in {self.out_var.get()}")
 
     def _failed(self, exc: BaseException) -> None:
