@@ -1,5 +1,5 @@
 """`xrayviewer info` and `analyze`: per-file results, errors without stopping, exit codes, no PHI
-by default, nothing of ours re-analysed."""
+by default, nothing of ours re-analysed, no library start-up noise on stderr."""
 
 from __future__ import annotations
 
@@ -118,3 +118,89 @@ def test_analyze_twice_in_place_gives_the_same_rows_and_history(data_dir: Path, 
     assert code == 1 and third == "" and len(analysers) == 2
     assert f"{overlay}: skipped: an xrayviewer output by its name (*.overlay.png)" in err
     assert f"no images found in {overlay} (1 file skipped as xrayviewer's own outputs)" in err
+
+
+def _quiet_env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    for k in ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "DISPLAY"):
+        env.pop(k, None)
+    return env
+
+
+def test_info_prints_only_our_line(dicom_dir: Path) -> None:
+    """`xrayviewer info FILE 2>&1`: one line, ours (no library start-up lines)."""
+    path = dicom_dir / "dx_image.dcm"
+    proc = subprocess.run([sys.executable, "-m", "xrayviewer", "info", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120, env=_quiet_env())
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == [proc.stdout.strip()] and proc.stdout.startswith(f"{path}: DICOM, 211x169")
+
+
+@pytest.mark.slow
+def test_analyze_with_the_real_models_is_quiet_and_never_rescores_its_outputs(data_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    """The bundled models, run as a user would, twice in place: stderr holds no TensorFlow or
+    absl start-up lines (only our own warning, for an output named on the command line), and
+    the second run scores nothing of ours."""
+    folder = tmp_path / "films"
+    films = _films(data_dir, folder, 2)
+    cmd = [sys.executable, "-m", "xrayviewer", "analyze", "-r", "-q", "."]
+    first = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300, env=_quiet_env())
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    rows = (folder / "xrayviewer-results" / "results.csv").read_text()
+    overlay = f"xrayviewer-results/{films[0].name}.overlay.png"
+    second = subprocess.run([*cmd, overlay], cwd=folder, capture_output=True, text=True, timeout=300,
+                            env=_quiet_env())
+    assert second.returncode == 0, second.stderr
+    [line] = second.stderr.splitlines()
+    assert line.startswith(f"WARNING xrayviewer: {overlay}: skipped: ") and "never analyses its own" in line
+    ours = [p for p in (folder / "xrayviewer-results").rglob("*.png")]
+    assert len(ours) >= 2 and "2 image(s):" in second.stdout and "2 already done" in second.stdout
+    assert f"; {len(ours)} files skipped as xrayviewer's own outputs" in second.stdout
+    assert (folder / "xrayviewer-results" / "results.csv").read_text() == rows
+
+
+def test_tensorflow_log_level_is_set_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from xrayviewer.cli import quiet_tensorflow
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    quiet_tensorflow(1)  # -v: TensorFlow speaks as it likes
+    assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    quiet_tensorflow(0)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own choice wins
+    quiet_tensorflow(0)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def test_startup_lines_written_to_fd2_are_dropped_and_the_rest_kept(capfd: pytest.CaptureFixture[str]) -> None:
+    """What TensorFlow's C++ writes to file descriptor 2 while it is imported: absl lines below
+    the level go, anything else (an error, our own output) comes back, in order."""
+    import os
+
+    from xrayviewer.inference.device import _stderr_filtered, filter_startup_noise
+
+    noise = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             b"I0000 00:00:1796070333.416538    3469 port.cc:153] oneDNN custom operations are on.\n"
+             b"I0000 00:00:1796070333.448424    3469 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+             b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n"
+             b"W0000 00:00:1796070333.5    3469 gpu_device.cc:2344] Cannot dlopen some GPU libraries.\n")
+    kept = (b"E0000 00:00:1796070333.6    3469 cuda_dnn.cc:8579] Unable to register cuDNN factory\n"
+            b"WARNING xrayviewer: our own warning\n")
+    capfd.readouterr()
+    lines = noise.splitlines(keepends=True)
+    with _stderr_filtered(2):
+        os.write(2, b"".join(lines[:2]))
+        os.write(2, kept.splitlines(keepends=True)[0])  # e.g. written by TensorFlow meanwhile
+        os.write(2, b"".join(lines[2:]))
+        os.write(2, kept.splitlines(keepends=True)[1])  # e.g. our logging from another thread
+    assert capfd.readouterr().err == "E0000 00:00:1796070333.6    3469 cuda_dnn.cc:8579] Unable to register cuDNN " \
+                                     "factory\nWARNING xrayviewer: our own warning\n"
+    data = noise + kept
+    assert filter_startup_noise(data, 0) == data  # -v: everything
+    assert filter_startup_noise(data, 1).count(b"\n") == 3  # only info lines and the preamble go

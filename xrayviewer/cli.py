@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,18 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without a command (or with image/folder paths, or `view PATH`), xrayviewer opens the viewer window.",
     )
     parser.add_argument("--version", action="version", version=f"xrayviewer {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output, TensorFlow's start-up lines included (-vv for debug)")
     parser.add_argument("--self-test", action="store_true",
                         help="check the installation (models, codecs, one analysis), print one line, exit 0/1")
+    # -v also after the command (`xrayviewer analyze DIR -v`); SUPPRESS keeps a -v given before it.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help="more log output, TensorFlow's start-up lines included (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    info = sub.add_parser("info", help="show what was loaded from image files (format, size, window, spacing)")
+    info = sub.add_parser("info", parents=[verbose],
+                          help="show what was loaded from image files (format, size, window, spacing)")
     info.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM, PNG, JPEG, TIFF or BMP files")
     info.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     info.add_argument("--phi", action="store_true", help="include patient-identifying fields (off by default)")
     info.set_defaults(func=cmd_info)
     an = sub.add_parser(
-        "analyze",
+        "analyze", parents=[verbose],
         help="analyse images and folders with the bundled models (CSV/JSON summary, overlay PNGs)",
         description="Analyse chest X-rays. " + RESEARCH_NOTICE,
     )
@@ -62,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     an.set_defaults(func=cmd_analyze)
 
-    hi = sub.add_parser("history", help="list or export the local history of analyses")
+    hi = sub.add_parser("history", parents=[verbose], help="list or export the local history of analyses")
     hi.add_argument("--search", help="only entries whose path, class, status or severity contains this text")
     hi.add_argument("--limit", type=int, default=50, help="newest N entries (default 50)")
     hi.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -313,7 +320,21 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def quiet_tensorflow(verbosity: int) -> None:
+    """Keep TensorFlow's and absl's start-up lines off stderr unless ``-v`` is given.
+
+    Must run before anything imports TensorFlow: the C++ side reads the variable once.
+    ``setdefault`` leaves a user's own ``TF_CPP_MIN_LOG_LEVEL`` alone. The lines TensorFlow
+    writes before that setting applies are filtered where it is imported
+    (``inference.device.import_tensorflow``), which also quiets absl's Python logging. No
+    warnings filter is installed: our own warnings and errors still show.
+    """
+    if verbosity == 0:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def setup_logging(verbosity: int) -> None:
+    quiet_tensorflow(verbosity)
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
