@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import png_bytes
 
 from xrayviewer.settings import Settings
 
@@ -338,3 +339,72 @@ def test_export_dialogs_suggest_deidentified_names(app, tmp_path: Path, monkeypa
             assert suggested.startswith("image-")
         else:
             assert suggested == "study-17.dcm.overlay.png"
+
+
+def test_batch_dialog_rerun_in_place_and_open_buttons(app, data_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case: the dialog's own proposal, `<folder>/xrayviewer-results` with
+    sub-folders included. Start, then Start again: the second run resumes, analyses nothing
+    of ours and records nothing new; then the buttons open the results with the system's
+    opener (or say clearly that there is none)."""
+    from test_batch import ThresholdAnalyzer
+
+    import xrayviewer.gui.batch_dialog as batch_dialog
+    import xrayviewer.gui.opener as opener
+    from xrayviewer.batch.engine import JOURNAL_NAME
+
+    src = tmp_path / "films"
+    src.mkdir()
+    films = sorted((data_dir / "nih" / "X-Ray Image DataSet" / "Pneumonia").glob("*.png"))[:7]
+    for p in films:
+        shutil.copy(p, src / p.name)
+    (src / "tiny.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))  # refused by the test analyzer
+    inputs = sorted([p.name for p in films] + ["tiny.png"])
+    analyzer = ThresholdAnalyzer()
+    app.analyzer = analyzer
+    dlg = app.show_batch(src)
+    assert dlg.recursive.get() and dlg.out_var.get() == ""
+    assert str(dlg.open_out_button["state"]) == "disabled" and str(dlg.open_csv_button["state"]) == "disabled"
+    dlg.start()
+    out = src / "xrayviewer-results"
+    assert dlg.out_var.get() == str(out)
+    pump(app, lambda: dlg.summary is not None or dlg.error is not None, timeout=60)
+    assert dlg.error is None and (dlg.summary.ok, dlg.summary.refused) == (7, 1)
+    rows = (out / "results.csv").read_text()
+    assert (out / JOURNAL_NAME).is_file()
+
+    dlg.start()
+    pump(app, lambda: not dlg.running and dlg.summary is not None, timeout=60)
+    assert dlg.error is None and dlg.summary.skipped == 8 and len(analyzer.seen) == 8
+    assert (dlg.summary.ok, dlg.summary.refused) == (7, 1) and (out / "results.csv").read_text() == rows
+    assert sorted(dlg.tree.set(i, "file").rsplit("/", 1)[-1] for i in dlg.tree.get_children()) == inputs
+    n_own = len([p for p in out.rglob("*.png")])
+    assert n_own == 7 * 3 + 1 and f"{n_own} files skipped as xrayviewer's own outputs" in dlg.status.get()
+    # The history holds the real inputs, once each.
+    assert sorted(Path(e.input_path).name for e in app._history().entries(limit=100)) == inputs
+
+    # Open buttons: the platform's opener, started and left to run.
+    assert str(dlg.open_out_button["state"]) == "normal" and str(dlg.open_csv_button["state"]) == "normal"
+    started: list[list[str]] = []
+    monkeypatch.setattr(opener.sys, "platform", "linux")
+    monkeypatch.setattr(opener.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(opener.subprocess, "Popen", lambda cmd, **kw: started.append(cmd))
+    dlg.open_out_button.invoke()
+    dlg.open_csv_button.invoke()
+    assert started == [["/usr/bin/xdg-open", str(out)], ["/usr/bin/xdg-open", str(out / "results.csv")]]
+    # No opener installed: a clear message, nothing started.
+    errors: list[str] = []
+    monkeypatch.setattr(opener.shutil, "which", lambda name: None)
+    monkeypatch.setattr(batch_dialog.messagebox, "showerror", lambda title, msg, **kw: errors.append(msg))
+    dlg.open_csv_button.invoke()
+    assert len(started) == 2 and len(errors) == 1
+    assert "results.csv" in errors[0] and "xdg-open" in errors[0] and "install xdg-utils" in errors[0]
+    assert "Could not open" in dlg.status.get()
+    dlg.destroy()
+
+
+def test_opener_commands_per_platform(tmp_path: Path) -> None:
+    from xrayviewer.gui.opener import opener_command
+
+    assert opener_command(tmp_path, platform="darwin") == ["open", str(tmp_path)]
+    assert opener_command(tmp_path, platform="win32") is None  # os.startfile instead

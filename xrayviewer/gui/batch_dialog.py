@@ -1,7 +1,7 @@
 """Batch dialog: choose a folder and options, watch progress (counts, rate, ETA), cancel,
-and see a sortable results table fill as images finish. Same engine, discovery and resume
-as the CLI: the output folder and every file xrayviewer wrote are never analysed, so
-pressing Start again resumes and adds nothing.
+and see a sortable results table fill as images finish; then open the output folder or
+results.csv. Same engine, discovery and resume as the CLI: the output folder and every file
+xrayviewer wrote are never analysed, so pressing Start again resumes and adds nothing.
 
 The engine runs on a worker thread; its progress and rows arrive through a queue that the
 Tk thread drains with ``after()``.
@@ -15,7 +15,7 @@ import threading
 import tkinter as tk
 from collections.abc import Callable
 from pathlib import Path
-from tkinter import filedialog, ttk
+from tkinter import filedialog, messagebox, ttk
 from typing import Any
 
 from ..errors import XRayViewerError
@@ -58,6 +58,7 @@ class BatchDialog(tk.Toplevel):
         self.summary: Any = None
         self.error: str | None = None
         self.own_outputs = 0  # files of ours that discovery left out in the last run
+        self.out_dir: Path | None = None  # of the last run
         self._cancel: Any = None
         self._thread: threading.Thread | None = None
         self._sort: tuple[str, bool] = ("file", False)
@@ -93,6 +94,16 @@ class BatchDialog(tk.Toplevel):
         self.status = tk.StringVar(value="Choose a folder and press Start. Re-running on the same output folder "
                                          "resumes where it stopped.")
         ttk.Label(ctrl, textvariable=self.status).pack(side="left")
+
+        # Packed before the table so that a small window shrinks the table, not these buttons.
+        footer = ttk.Frame(self, padding=(8, 0, 8, 8))
+        footer.pack(side="bottom", fill="x")
+        self.open_out_button = ttk.Button(footer, text="Open output folder", state="disabled",
+                                          command=lambda: self.open_output("folder"))
+        self.open_out_button.pack(side="right")
+        self.open_csv_button = ttk.Button(footer, text="Open results.csv", state="disabled",
+                                          command=lambda: self.open_output("csv"))
+        self.open_csv_button.pack(side="right", padx=4)
 
         self.tree = ttk.Treeview(self, columns=[c for c, _ in COLUMNS], show="headings")
         for c, w in COLUMNS:
@@ -136,7 +147,8 @@ class BatchDialog(tk.Toplevel):
             return
         self.rows.clear()
         self.tree.delete(*self.tree.get_children())
-        self.summary, self.error, self.own_outputs = None, None, 0
+        self.summary, self.error, self.own_outputs, self.out_dir = None, None, 0, out
+        self._update_open_buttons(finished=False)
         self._cancel = CancelToken()
         self.start_button.configure(state="disabled")
         self.cancel_button.configure(state="normal")
@@ -234,6 +246,7 @@ class BatchDialog(tk.Toplevel):
         self.status.set(f"{'Cancelled' if summary.cancelled else 'Finished'}: {summary.ok} analysed, "
                         f"{summary.refused} not scored, {summary.errors} failed, {summary.skipped} already done{own} "
                         f"- results in {self.out_var.get()}")
+        self._update_open_buttons()
 
     def _failed(self, exc: BaseException) -> None:
         self.start_button.configure(state="normal")
@@ -242,6 +255,36 @@ class BatchDialog(tk.Toplevel):
         if not isinstance(exc, XRayViewerError):
             log.error("batch failed", exc_info=exc)
         self.status.set(f"Batch stopped: {self.error}")
+        self._update_open_buttons()
+
+    # ------------------------------------------------------------------ outputs
+    def output_target(self, what: str) -> Path | None:
+        """The last run's output folder ("folder") or results.csv ("csv"), if it exists."""
+        if self.out_dir is None:
+            return None
+        path = self.out_dir if what == "folder" else self.out_dir / "results.csv"
+        return path if path.exists() else None
+
+    def _update_open_buttons(self, finished: bool = True) -> None:
+        """Enabled after a run (finished, cancelled or stopped) for what it left on disk."""
+        for button, what in ((self.open_out_button, "folder"), (self.open_csv_button, "csv")):
+            ok = finished and self.output_target(what) is not None
+            button.configure(state="normal" if ok else "disabled")
+
+    def open_output(self, what: str) -> None:
+        """Open the output folder or results.csv with the platform's program (opener module)."""
+        from .opener import OpenerError, open_with_system
+
+        path = self.output_target(what)
+        if path is None:
+            self.status.set("Nothing to open yet: run the batch first")
+            return
+        try:
+            open_with_system(path)
+            self.status.set(f"Opened {path}")
+        except OpenerError as exc:
+            self.status.set(f"Could not open {path}")
+            messagebox.showerror("Open", str(exc), parent=self)
 
     def _open_selected(self, _event: Any = None) -> None:
         sel = self.tree.selection()
