@@ -93,7 +93,10 @@ class BatchDialog(tk.Toplevel):
         self.progress.pack(side="left", padx=8)
         self.status = tk.StringVar(value="Choose a folder and press Start. Re-running on the same output folder "
                                          "resumes where it stopped.")
-        ttk.Label(ctrl, textvariable=self.status).pack(side="left")
+        # Its own row, wrapped: the summary (counts, skipped outputs, output folder) is long.
+        status = ttk.Label(self, textvariable=self.status, padding=(8, 4, 8, 0), wraplength=940, justify="left")
+        status.pack(fill="x")
+        status.bind("<Configure>", lambda e: status.configure(wraplength=max(200, e.width - 16)))
 
         # Packed before the table so that a small window shrinks the table, not these buttons.
         footer = ttk.Frame(self, padding=(8, 0, 8, 8))
