@@ -1,8 +1,10 @@
 """Lung-field segmentation with the bundled U-Net.
 
-Input: 2-D display images (uint8, any size). Output: per image, the lung probability at the
-input's full resolution and a label mask 0/1/2 (1 = patient's right lung = image left).
-The model sees exactly the training preprocessing (:func:`prepare_for_model`).
+Input: films (an ``XRayImage``, a :class:`~xrayviewer.preprocessing.FilmInput` or a 2-D
+grey array, any size). Output: per image, the lung probability at the input's full
+resolution and a label mask 0/1/2 (1 = patient's right lung = image left). The model sees
+exactly the training preprocessing (:func:`prepare_for_model` with the normalisation its
+card names).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from . import modelstore
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
-from .preprocessing import mask_to_full_resolution, prepare_for_model
+from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,14 @@ class LungResult:
         return self.labels == LEFT_LUNG
 
 
-def predict_probabilities(model: Any, images: Sequence[np.ndarray], input_size: int,
-                          batch_size: int = 8) -> list[np.ndarray]:
+def image_shape(image: Any) -> tuple[int, int]:
+    """(rows, cols) of an array, an ``XRayImage`` or a ``FilmInput``."""
+    shape = image.shape if hasattr(image, "shape") else np.shape(image)
+    return (int(shape[0]), int(shape[1]))
+
+
+def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
+                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
     """Model-resolution probabilities resized back to each image's full resolution.
 
     Shared by the app and the training evaluation so both measure the same code path.
@@ -54,11 +62,11 @@ def predict_probabilities(model: Any, images: Sequence[np.ndarray], input_size: 
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = np.stack([prepare_for_model(img, input_size) for img in chunk])
+        x = np.stack([prepare_for_model(img, input_size, normalization) for img in chunk])
         y = model(x, training=False)
         prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
         for img, p in zip(chunk, prob):
-            out.append(mask_to_full_resolution(p, np.asarray(img).shape[:2]))
+            out.append(mask_to_full_resolution(p, image_shape(img)))
     return out
 
 
@@ -72,12 +80,17 @@ class LungSegmenter:
     def input_size(self) -> int:
         return self.card.input_size
 
-    def segment_batch(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[LungResult]:
-        """Segment several 2-D grey images (each any size)."""
+    @property
+    def normalization(self) -> str:
+        return self.card.input_normalization
+
+    def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
+        """Segment several films (arrays must be 2-D grey; any size)."""
         for img in images:
-            if np.asarray(img).ndim != 2:
-                raise ValueError(f"expected 2-D grey images, got shape {np.asarray(img).shape}")
-        probs = predict_probabilities(self.model, images, self.input_size, batch_size)
+            if isinstance(img, np.ndarray) and img.ndim != 2:
+                raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
+        probs = predict_probabilities(self.model, images, self.input_size, batch_size,
+                                      self.normalization)
         return [LungResult(p, lung_labels(p, self.card.threshold)) for p in probs]
 
     def segment(self, image: np.ndarray) -> LungResult:

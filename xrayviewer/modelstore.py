@@ -67,6 +67,9 @@ class ModelCard:
     sha256: str
     directory: Path
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The model input the weights were trained on (xrayviewer.preprocessing); cards written
+    # before the robust input existed lack the field and mean the legacy display input.
+    input_normalization: str = "display-v1"
 
     @property
     def weights_path(self) -> Path:
@@ -98,6 +101,12 @@ def read_card(name: str, root: Path | None = None) -> ModelCard:
     sha = str(data["sha256"]).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise ModelError("card sha256 is not a 64-hex-digit digest", path)
+    from .preprocessing import LEGACY, NORMALIZATIONS
+
+    norm = str(data.get("input_normalization", LEGACY))
+    if norm not in NORMALIZATIONS:
+        raise ModelError(f"card names an input normalization this version does not know: {norm!r} "
+                         f"(known: {', '.join(NORMALIZATIONS)}); update xrayviewer", path)
     wf = str(data["weights_file"])
     if Path(wf).name != wf:
         raise ModelError(f"weights_file must be a bare file name, got {wf!r}", path)
@@ -110,7 +119,7 @@ def read_card(name: str, root: Path | None = None) -> ModelCard:
         training_command=str(data["training_command"]),
         wall_time_s=float(data["wall_time_s"]), hardware=dict(data["hardware"]),
         library_versions=dict(data["library_versions"]), weights_file=wf, sha256=sha,
-        directory=directory, raw=data,
+        directory=directory, raw=data, input_normalization=norm,
     )
 
 

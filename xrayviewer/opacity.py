@@ -7,7 +7,11 @@ Two layers, so the figures can be computed (and tested) without TensorFlow:
   1 patient's right lung = image left, 2 left lung) and returns a frozen
   :class:`OpacityResult`.
 * :class:`OpacityDetector` -- loads the bundled generator (``models/opacity_generator``,
-  verified against its card) and feeds it exactly the training preprocessing.
+  verified against its card) and feeds it exactly the training preprocessing: the film in
+  the normalisation its card names and, when the card says ``input_crop: lung-box``, only
+  the box around the lung fields (:func:`lung_box`), squashed to the input size, so the
+  same compute spends its pixels on the lungs. The map is pasted back into a full-size
+  zero map (opacity is only reported inside the lungs anyway).
 
 Definitions (also in the model card and README, "Opacity model"):
 
@@ -217,6 +221,66 @@ def analyze_probability(probability: np.ndarray, lung_labels: np.ndarray,
     )
 
 
+# ---------------------------------------------------------------- model input
+LUNG_BOX_MARGIN = 0.06  # fraction of the box's width/height added on each side
+
+
+def lung_box(lung_labels: np.ndarray | None, shape: tuple[int, int],
+             margin: float = LUNG_BOX_MARGIN) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends: the lung fields' bounding box grown by ``margin``
+    of its size on each side, clipped to the image; the whole image without lungs."""
+    rows, cols = shape
+    if lung_labels is None:
+        return (0, 0, cols, rows)
+    lung = np.asarray(lung_labels) > 0
+    ys = np.flatnonzero(lung.any(axis=1))
+    xs = np.flatnonzero(lung.any(axis=0))
+    if len(ys) < 2 or len(xs) < 2:
+        return (0, 0, cols, rows)
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    my, mx = int(round(margin * (y1 - y0))), int(round(margin * (x1 - x0)))
+    return (max(0, x0 - mx), max(0, y0 - my), min(cols, x1 + mx), min(rows, y1 + my))
+
+
+def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, int, int, int] | None],
+                 input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
+    """Full-resolution probability maps of the generator for films and crop boxes.
+
+    ``films`` are :class:`~xrayviewer.preprocessing.FilmInput` (robust input) or display
+    arrays (legacy input, boxes must be ``None``). Shared by the app and the training
+    evaluation, so both measure one code path.
+    """
+    from .lung import image_shape
+    from .preprocessing import ROBUST, film_input, mask_to_full_resolution, prepare_for_model
+
+    out: list[np.ndarray] = []
+    for start in range(0, len(films), batch_size):
+        chunk = list(films[start:start + batch_size])
+        bchunk = list(boxes[start:start + batch_size])
+        xs = []
+        for i, (film, box) in enumerate(zip(chunk, bchunk)):
+            if normalization == ROBUST:
+                if not hasattr(film, "model_array"):
+                    chunk[i] = film = film_input(film)
+                xs.append(film.model_array(input_size, box))
+            else:
+                if box is not None:
+                    raise ValueError("lung-box crops need the robust input")
+                xs.append(prepare_for_model(film, input_size, normalization))
+        y = model(np.stack(xs), training=False)
+        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
+        for film, box, p in zip(chunk, bchunk, prob):
+            shape = image_shape(film)
+            if box is None:
+                out.append(mask_to_full_resolution(p, shape))
+                continue
+            x0, y0, x1, y1 = box
+            full = np.zeros(shape, np.float32)
+            full[y0:y1, x0:x1] = mask_to_full_resolution(p, (y1 - y0, x1 - x0))
+            out.append(full)
+    return out
+
+
 # ---------------------------------------------------------------- model
 class OpacityDetector:
     """Loads the bundled opacity generator once (verified against its card)."""
@@ -230,24 +294,41 @@ class OpacityDetector:
     def input_size(self) -> int:
         return self.card.input_size
 
-    def probabilities(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    @property
+    def normalization(self) -> str:
+        return self.card.input_normalization
+
+    @property
+    def crops_to_lungs(self) -> bool:
+        return self.card.raw.get("input_crop") == "lung-box"
+
+    def probabilities(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None,
+                      batch_size: int = 8) -> list[np.ndarray]:
         """Raw full-resolution probabilities (not yet restricted to the lung)."""
-        from .lung import predict_probabilities  # same code path as the lung model
-
         for img in images:
-            if np.asarray(img).ndim != 2:
-                raise ValueError(f"expected 2-D grey images, got shape {np.asarray(img).shape}")
-        return predict_probabilities(self.model, images, self.input_size, batch_size)
+            if isinstance(img, np.ndarray) and img.ndim != 2:
+                raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
+        if self.crops_to_lungs:
+            from .lung import image_shape
 
-    def analyze_batch(self, images: Sequence[np.ndarray], lung_labels: Sequence[np.ndarray],
+            labels = lung_labels if lung_labels is not None else [None] * len(images)
+            margin = float(self.card.raw.get("crop_margin", LUNG_BOX_MARGIN))
+            boxes: list[tuple[int, int, int, int] | None] = [
+                lung_box(lab, image_shape(img), margin) for img, lab in zip(images, labels)]
+        else:
+            boxes = [None] * len(images)
+        return predict_maps(self.model, images, boxes, self.input_size, self.normalization, batch_size)
+
+    def analyze_batch(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray],
                       batch_size: int = 8) -> list[OpacityResult]:
-        """Analyse display images (2-D, any size) given each one's full-resolution lung labels."""
+        """Analyse films (FilmInput, XRayImage or 2-D arrays, any size) given each one's
+        full-resolution lung labels."""
         if len(images) != len(lung_labels):
             raise ValueError("one lung label mask per image is required")
-        probs = self.probabilities(images, batch_size)
+        probs = self.probabilities(images, lung_labels, batch_size)
         return [analyze_probability(p, lab, self.card.threshold, self.min_region_fraction)
                 for p, lab in zip(probs, lung_labels)]
 
-    def analyze(self, image: np.ndarray, lung_labels: np.ndarray) -> OpacityResult:
-        """Analyse one display image given its full-resolution lung label mask (0/1/2)."""
+    def analyze(self, image: Any, lung_labels: np.ndarray) -> OpacityResult:
+        """Analyse one film given its full-resolution lung label mask (0/1/2)."""
         return self.analyze_batch([image], [lung_labels])[0]

@@ -4,11 +4,36 @@ Training (``xrayviewer.training``) imports these functions, so a model always se
 inference exactly what it saw in training. The public datasets ship whole radiographs
 squashed to a square, so we squash too (no letterboxing) and map masks back with the
 inverse resize.
+
+Two input normalisations exist; each model's card names the one it was trained on
+(``input_normalization``), and the model layer applies that one:
+
+* ``display-v1`` (legacy): the 8-bit display image / 255. What the model sees then depends
+  on the file's default window and on the source's pixel statistics -- an ordinary adult
+  CR shown with its own window looked "severe" to models trained on COVID-QU-Ex PNGs.
+* ``rank-v1`` (robust): the film's *modality values* (never the display window), made
+  bright = dense, mapped through their own rank (histogram equalisation) whose levels are
+  taken from the central part of the film at 256 px. Any monotonic change of grey levels
+  -- a window, a gamma, 8 vs 16 bits, a modality rescale -- leaves this input unchanged
+  (up to ties created by clipping), and every source ends up with the same grey-level
+  statistics. The central region keeps burned-in borders and labels at the edges from
+  steering the map. Ties get their mid-rank, so a saturated background in an 8-bit export
+  lands where the same pixels' spread of ranks lands on average.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+LEGACY = "display-v1"
+ROBUST = "rank-v1"
+NORMALIZATIONS = (LEGACY, ROBUST)
+RANK_LEVELS = 257  # quantile levels of the rank map (256 bins)
+RANK_GRID = 256  # the map is measured on the film squashed to this size ...
+RANK_CENTRAL = 0.1  # ... leaving out this fraction at each edge
 
 
 def to_unit_float(gray: np.ndarray) -> np.ndarray:
@@ -18,11 +43,7 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
     use the range; other inputs are min-max scaled. Display images (uint8) are the normal
     input, so this is exact for them.
     """
-    arr = np.asarray(gray)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D grey image, got shape {arr.shape}")
+    arr = _as_2d(gray)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     arr = arr.astype(np.float32)
@@ -30,6 +51,15 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros_like(arr, dtype=np.float32)
     return (arr - lo) / (hi - lo)
+
+
+def _as_2d(gray: np.ndarray) -> np.ndarray:
+    arr = np.asarray(gray)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {arr.shape}")
+    return arr
 
 
 def resize(gray: np.ndarray, size: int | tuple[int, int], *, nearest: bool = False) -> np.ndarray:
@@ -53,11 +83,98 @@ def resize(gray: np.ndarray, size: int | tuple[int, int], *, nearest: bool = Fal
     return cv2.resize(src, (w, h), interpolation=interp)
 
 
-def prepare_for_model(gray: np.ndarray, size: int) -> np.ndarray:
-    """Grey image (display image, any size) -> float32 array (size, size, 1) in [0, 1]."""
-    unit = to_unit_float(gray)
-    out = resize(unit, size).astype(np.float32)
-    return np.clip(out, 0.0, 1.0)[..., None]
+def rank_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, targets) of the rank map of a canonical grey film (bright = dense).
+
+    ``levels`` are the grey values at 256 quantiles of the film's central region (film
+    squashed to 256 px); ``targets`` their mid-ranks in [0, 1]. Equal levels (ties, e.g. a
+    clipped background) are merged into one level carrying their mean rank.
+    """
+    small = resize(_as_2d(gray).astype(np.float32), RANK_GRID)
+    m = int(round(RANK_GRID * RANK_CENTRAL))
+    sample = small[m:RANK_GRID - m, m:RANK_GRID - m].ravel()
+    q = np.linspace(0.0, 1.0, RANK_LEVELS)
+    levels = np.quantile(sample, q).astype(np.float64)
+    uniq, inv = np.unique(levels, return_inverse=True)
+    targets = np.bincount(inv, weights=q) / np.bincount(inv)
+    if len(uniq) == 1:  # a flat film: everything mid-grey
+        return np.array([uniq[0] - 1.0, uniq[0] + 1.0]), np.array([0.5, 0.5])
+    return uniq, targets
+
+
+def apply_rank_map(arr: np.ndarray, levels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Grey values -> [0, 1] through a rank map (linear between levels, clipped outside)."""
+    out = np.interp(np.asarray(arr, np.float32).ravel(), levels, targets)
+    return out.reshape(np.shape(arr)).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class FilmInput:
+    """A film as the models' preprocessing sees it (no display window anywhere).
+
+    ``gray``: canonical grey values at the film's full resolution (float32 or the stored
+    integer type), bright = dense. ``levels``/``targets``: its rank map (see
+    :func:`rank_map`), computed once per film and shared by every model and crop.
+    """
+
+    gray: np.ndarray
+    levels: np.ndarray
+    targets: np.ndarray
+    display: np.ndarray | None = None  # the 8-bit display image, for legacy-input models
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.gray.shape[0]), int(self.gray.shape[1]))
+
+    def model_array(self, size: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """(size, size, 1) float32 in [0, 1]: the (optionally cropped) film squashed to size.
+
+        ``box`` = (x0, y0, x1, y1) in full-resolution pixels, x1/y1 exclusive.
+        """
+        g = self.gray
+        if box is not None:
+            x0, y0, x1, y1 = box
+            g = g[y0:y1, x0:x1]
+        small = resize(np.asarray(g, np.float32), size)
+        return apply_rank_map(small, self.levels, self.targets)[..., None]
+
+
+def film_input(source: Any) -> FilmInput:
+    """The robust model input of a film: an :class:`~xrayviewer.imaging.XRayImage` (modality
+    values, inverted for MONOCHROME1 / INVERSE so that bright = dense) or a 2-D grey array
+    that is already bright = dense (the datasets' PNGs in training)."""
+    display = None
+    if hasattr(source, "values") and hasattr(source, "invert"):
+        g = np.asarray(source.values)
+        if g.ndim == 3:  # multi-sample data that reached us undecided: average the samples
+            g = g.astype(np.float32).mean(axis=-1)
+        if source.invert:
+            g = -g.astype(np.float32)
+        display = np.asarray(source.display)
+    else:
+        g = _as_2d(source)
+        if g.dtype == np.uint8:
+            display = g
+    levels, targets = rank_map(g)
+    return FilmInput(g, levels, targets, display)
+
+
+def prepare_for_model(gray: Any, size: int, normalization: str = LEGACY) -> np.ndarray:
+    """A film -> float32 array (size, size, 1) in [0, 1], by the named normalisation.
+
+    ``display-v1``: ``gray`` is the display image (any size). ``rank-v1``: ``gray`` is a
+    :class:`FilmInput`, an ``XRayImage`` or a bright = dense grey array.
+    """
+    if normalization == LEGACY:
+        if hasattr(gray, "display") and gray.display is None:
+            raise ValueError("the legacy input needs the film's display image")
+        unit = to_unit_float(gray.display if hasattr(gray, "display") else gray)
+        out = resize(unit, size).astype(np.float32)
+        return np.clip(out, 0.0, 1.0)[..., None]
+    if normalization == ROBUST:
+        fi = gray if isinstance(gray, FilmInput) else film_input(gray)
+        return fi.model_array(size)
+    raise ValueError(f"unknown input normalization {normalization!r} (known: {NORMALIZATIONS})")
 
 
 def mask_to_full_resolution(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

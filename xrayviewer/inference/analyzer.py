@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging import XRayImage
+from ..preprocessing import film_input
 from .control import CancelToken, ProgressFn, report
 from .result import AnalysisResult, GateVerdict, ModelInfo
 
@@ -188,8 +189,11 @@ class Analyzer:
         report(progress, STAGES[2], 0.25)
         t = time.perf_counter()
         lungs: dict[int, Any] = {}
+        # One model input per film (xrayviewer.preprocessing): modality values, never the
+        # display window; each model takes the normalisation its card names from it.
+        films = {i: film_input(images[i]) for i in todo}
         if todo:
-            for i, res in zip(todo, self._lung.segment_batch([grays[i] for i in todo])):
+            for i, res in zip(todo, self._lung.segment_batch([films[i] for i in todo])):
                 lungs[i] = res
         self._split(timings, "lungs", time.perf_counter() - t, todo)
         cancel.check()
@@ -219,7 +223,7 @@ class Analyzer:
         t = time.perf_counter()
         opac: dict[int, Any] = {}
         if accepted and self._opacity is not None:
-            for i, res in zip(accepted, self._opacity.analyze_batch([grays[i] for i in accepted],
+            for i, res in zip(accepted, self._opacity.analyze_batch([films[i] for i in accepted],
                                                                     [lungs[i].labels for i in accepted])):
                 opac[i] = res
         self._split(timings, "opacity", time.perf_counter() - t, accepted)
