@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from . import classifier_cli
-from .cli_args import REPO_ROOT, add_common, add_export, add_train
+from .cli_args import REPO_ROOT, add_common, add_export, add_normalization, add_train
 
 log = logging.getLogger("xrayviewer.training")
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
+    add_normalization(p)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm-start from a saved U-Net with the same layout (layers matched by name)")
 
     p = sub.add_parser("evaluate-lung", help="metrics on COVID-QU-Ex val + GeneralBlockchain, latency")
     add_common(p)
@@ -52,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-lung", help="write models/<name>/ with weights and card.json")
     add_export(p, name="lung_unet")
+
+    p = sub.add_parser("evaluate-sources",
+                       help="per-source table of the bundled lung and opacity models (the app's path)")
+    add_common(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: bundled)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "source_eval.json")
+
+    p = sub.add_parser("compare-normalizations",
+                       help="invariance and source gap of candidate model-input normalisations")
+    add_common(p)
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "normalization_study.json")
     _add_opacity_parsers(sub)
     classifier_cli.add_parsers(sub)
     return ap
@@ -81,6 +96,18 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
                    help="warm-start the generator from a saved U-Net with the same layout "
                         "(e.g. models/lung_unet/lung_unet.keras, or another run's model.keras to "
                         "continue it); layers are matched by name and shape")
+    add_normalization(p)
+    p.add_argument("--input-crop", choices=("lung-box", "none"), default="lung-box",
+                   help="feed the box around the lung fields found by the bundled lung model "
+                        "(default) or the whole film")
+    p.add_argument("--loss", choices=("focal-tversky-bce", "dice-bce"), default="focal-tversky-bce",
+                   help="segmentation loss (default %(default)s)")
+    p.add_argument("--adv-warmup-epochs", type=float, default=0.0,
+                   help="pix2pix: ramp the adversarial weight up from 0 over this many epochs")
+    p.add_argument("--no-negatives", dest="negatives", action="store_false",
+                   help="train on COVID-QU-Ex only (no NIH / ieee8023 empty-mask films)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where the lung model used for the crops is bundled (default: models/)")
 
     p = sub.add_parser("evaluate-opacity", help="COVID-QU-Ex val per class + GeneralBlockchain GGO, latency")
     add_common(p)
@@ -111,7 +138,10 @@ def _run_opacity(args: argparse.Namespace, command: str) -> int:
                            adv_weight=args.adv_weight, seed=args.seed, max_images=args.max_images,
                            steps_per_epoch=args.steps_per_epoch, train_fraction=args.train_fraction,
                            mixed_precision=args.mixed_precision, command=command,
-                           init_from=args.init_from, positive_fraction=args.positive_fraction)
+                           init_from=args.init_from, positive_fraction=args.positive_fraction,
+                           normalization=args.normalization, input_crop=args.input_crop, loss=args.loss,
+                           adv_warmup_epochs=args.adv_warmup_epochs, negatives=args.negatives,
+                           models_dir=args.models_dir)
     elif args.cmd == "evaluate-opacity":
         opacity_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold,
                               args.min_region_fraction, args.lung, args.models_dir)
@@ -136,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         write_split(split, args.out)
         log.info("wrote %s", args.out)
         return 0
+    if args.cmd == "evaluate-sources":
+        from .source_eval import run as evaluate_sources
+
+        evaluate_sources(args.data_dir, args.split, args.out, args.models_dir, args.max_images)
+        print(args.out.with_suffix(".md").read_text())
+        return 0
+    if args.cmd == "compare-normalizations":
+        from .normalization_study import run as study
+
+        study(args.data_dir, args.out)
+        print((args.out.with_suffix(".md")).read_text())
+        return 0
     if args.cmd.endswith("-opacity"):
         return _run_opacity(args, command)
     if args.cmd in classifier_cli.COMMANDS:
@@ -148,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         depth=args.depth, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, seed=args.seed, max_images=args.max_images,
                         steps_per_epoch=args.steps_per_epoch, train_fraction=args.train_fraction,
-                        mixed_precision=args.mixed_precision, command=command)
+                        mixed_precision=args.mixed_precision, command=command,
+                        normalization=args.normalization, init_from=args.init_from)
     elif args.cmd == "evaluate-lung":
         lung_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold)
     elif args.cmd == "export-lung":

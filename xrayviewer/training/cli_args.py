@@ -49,3 +49,13 @@ def add_export(p: argparse.ArgumentParser, *, name: str, compare: bool = True) -
     p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     p.add_argument("--name", default=name)
     p.add_argument("--version", default="1.0.0")
+
+
+def add_normalization(p: argparse.ArgumentParser) -> None:
+    """--normalization: the model input the run trains on (recorded in the card, applied
+    by the app from the card)."""
+    from ..preprocessing import NORMALIZATIONS, ROBUST
+
+    p.add_argument("--normalization", choices=NORMALIZATIONS, default=ROBUST,
+                   help="model input normalisation (default %(default)s: rank map of the film's "
+                        "values, independent of window, bit depth and source statistics)")

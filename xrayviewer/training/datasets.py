@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 NORMAL, COVID, OTHER = "Normal", "COVID-19", "Other pneumonia"
 LABELS = (NORMAL, COVID, OTHER)
+TUBERCULOSIS = "Tuberculosis"  # Shenzhen only: a finding outside the three COVID-era classes
 
 _QU_CLASSES = {"COVID-19": COVID, "Non-COVID": OTHER, "Normal": NORMAL}
 _NIH_CLASSES = {"No_findings": NORMAL, "Pneumonia": OTHER}
@@ -132,11 +133,33 @@ def read_nih(root: Path) -> list[Record]:
     return out
 
 
+def read_tb_shenzhen(root: Path) -> list[Record]:
+    """``Lung Segmentation/CXR_png/CHNCXR_<nnnn>_<label>.png`` + ``masks/<stem>_mask.png``.
+
+    The last digit of the name is the label (1 = tuberculosis, 0 = normal); one film per
+    patient, so the film number is the patient id.
+    """
+    base = root / "Lung Segmentation"
+    out: list[Record] = []
+    for img in sorted((base / "CXR_png").glob("CHNCXR_*.png")):
+        parts = img.stem.split("_")
+        if len(parts) != 3 or parts[2] not in ("0", "1"):
+            log.warning("unexpected Shenzhen file name %s", img.name)
+            continue
+        mask = base / "masks" / f"{img.stem}_mask.png"
+        out.append(Record(image=str(img), source="tb-shenzhen",
+                          label=TUBERCULOSIS if parts[2] == "1" else NORMAL,
+                          lung_mask=str(mask) if mask.is_file() else None,
+                          patient_id=parts[1]))
+    return out
+
+
 READERS = {
     "covid-qu-ex": read_covid_qu_ex,
     "ieee8023": read_ieee8023,
     "nih": read_nih,
     "generalblockchain": read_generalblockchain,
+    "tb-shenzhen": read_tb_shenzhen,
 }
 
 

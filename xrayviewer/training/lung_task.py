@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..lung import predict_probabilities
+from ..preprocessing import LEGACY, ROBUST
 from ..postprocess import clean_binary, lung_labels
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
@@ -75,9 +76,36 @@ def library_versions() -> dict[str, str]:
             "scipy": scipy.__version__}
 
 
-def lung_records(data_dir: Path, split: dict, which: str, max_images: int | None) -> list[Record]:
-    recs = [r for r in read_all(data_dir, ("covid-qu-ex",), max_images) if r.lung_mask]
+LUNG_SOURCES = ("covid-qu-ex", "tb-shenzhen")  # both draw the visible lung fields
+
+
+def lung_records(data_dir: Path, split: dict, which: str, max_images: int | None,
+                 sources: tuple[str, ...] = LUNG_SOURCES) -> list[Record]:
+    """Films with a lung mask of the visible-lung-field convention.
+
+    Training takes the train part of every source in ``sources``; the checkpoint is chosen
+    on COVID-QU-Ex Val alone (see :func:`train`), so the other sources' val parts are used
+    for evaluation only.
+    """
+    recs = [r for r in read_all(data_dir, sources, max_images) if r.lung_mask]
     return select(recs, split, which, data_dir)
+
+
+AUGMENTATION_LEGACY = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, "
+                       "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip")
+AUGMENTATION_ROBUST = ("hospital imitation (training.pipeline.augment_hospital): rotation +-10 deg, "
+                       "shift +-6%, zoom 0.85-1.15; contrast 0.8-1.25, brightness +-0.08 then clipping "
+                       "(window/level), gamma exp(+-0.35); blur or unsharp masking (half the films); "
+                       "down/up-sampling to 40-100% (30%); Gaussian noise sigma<=0.03; a black or "
+                       "white border band up to 7% (30%) and a burned-in text block near a corner "
+                       "(30%); no flip")
+
+
+def _source_counts(recs: list[Record]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in recs:
+        out[r.source] = out.get(r.source, 0) + 1
+    return out
 
 
 # ---------------------------------------------------------------- train
@@ -104,22 +132,27 @@ def prepare_run(records_fn: Any, data_dir: Path, split_file: Path, out: Path, *,
 def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_size: int,
           base_filters: int, depth: int, epochs: int, batch_size: int, lr: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
-          mixed_precision: bool, command: str) -> dict:
+          mixed_precision: bool, command: str, normalization: str = ROBUST,
+          init_from: Path | None = None) -> dict:
     """Train one variant; writes ``model.keras``, ``history.csv``, ``train_meta.json``."""
     import keras
 
     from .architectures import build_unet
+    from .opacity_task import warm_start
     from .pipeline import dice_bce_loss, dice_coef, load_arrays, make_dataset
 
     split, train_recs, val_recs = prepare_run(lung_records, data_dir, split_file, out, seed=seed,
                                               mixed_precision=mixed_precision, max_images=max_images,
                                               train_fraction=train_fraction)
+    val_recs = [r for r in val_recs if r.source == "covid-qu-ex"]  # selection set; others: evaluation only
+    robust = normalization == ROBUST
     t0 = time.time()
-    xtr, ytr = load_arrays(train_recs, input_size)
-    xva, yva = load_arrays(val_recs, input_size)
+    xtr, ytr = load_arrays(train_recs, input_size, normalization=normalization)
+    xva, yva = load_arrays(val_recs, input_size, normalization=normalization)
     log.info("loaded %d train / %d val arrays in %.1fs", len(xtr), len(xva), time.time() - t0)
     steps = steps_per_epoch or max(1, math.ceil(len(xtr) / batch_size))
     model = build_unet(input_size, base_filters, depth, variant)  # type: ignore[arg-type]
+    copied = warm_start(model, init_from) if init_from else []
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss,
                   metrics=[dice_coef])
@@ -130,7 +163,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
                                         save_best_only=True),
     ]
     t1 = time.time()
-    hist = model.fit(make_dataset(xtr, ytr, batch_size, True, seed), epochs=epochs,
+    hist = model.fit(make_dataset(xtr, ytr, batch_size, True, seed, robust=robust), epochs=epochs,
                      steps_per_epoch=steps, validation_data=make_dataset(xva, yva, 16, False),
                      callbacks=callbacks, verbose=2, shuffle=False)  # shuffled in tf.data
     train_s = time.time() - t1
@@ -143,8 +176,10 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "steps_per_epoch": steps, "lr": lr, "lr_schedule": "cosine decay to 5%",
         "seed": seed, "max_images": max_images, "train_fraction": train_fraction,
         "mixed_precision": mixed_precision, "loss": "Dice + BCE",
-        "augmentation": "rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, "
-                        "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip",
+        "input_normalization": normalization,
+        "init_from": str(init_from) if init_from else None, "init_layers_copied": len(copied),
+        "train_sources": _source_counts(train_recs), "val_sources": _source_counts(val_recs),
+        "augmentation": AUGMENTATION_ROBUST if robust else AUGMENTATION_LEGACY,
         "n_train": len(xtr), "n_val": len(xva), "split_file": str(split_file),
         "split_counts": split.get("counts"), "n_excluded_near_duplicates": len(split.get("excluded", [])),
         "train_wall_time_s": round(train_s, 1), "total_wall_time_s": round(time.time() - t0, 1),
@@ -159,14 +194,14 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
 
 # ---------------------------------------------------------------- evaluate
 def evaluate_model(model: Any, input_size: int, records: list[Record], data_dir: Path,
-                   threshold: float = 0.5) -> list[dict]:
+                   threshold: float = 0.5, normalization: str = ROBUST) -> list[dict]:
     """Per-image metrics at each image's full resolution after the app's postprocessing."""
     rows: list[dict] = []
     batch = 32
     for start in range(0, len(records), batch):
         chunk = records[start:start + batch]
         imgs = [read_gray(r.image) for r in chunk]
-        probs = predict_probabilities(model, imgs, input_size)
+        probs = predict_probabilities(model, imgs, input_size, normalization=normalization)
         for r, p in zip(chunk, probs):
             truth = read_mask(r.lung_mask)
             if truth.shape != p.shape:  # defensive: masks are documented as image-sized
@@ -187,11 +222,12 @@ def weak_check_sample(val_recs: list[Record], data_dir: Path, n: int = WEAK_CHEC
 
 
 def measure_latency(model: Any, input_size: int, image: np.ndarray, threshold: float,
-                    repeats: int = 30) -> dict[str, float]:
+                    repeats: int = 30, normalization: str = ROBUST) -> dict[str, float]:
     """Wall time of the app path (preprocess + model + resize back + postprocess), 1 image."""
     from .metrics import time_call
 
-    stats = time_call(lambda: lung_labels(predict_probabilities(model, [image], input_size)[0], threshold), repeats)
+    stats = time_call(lambda: lung_labels(predict_probabilities(
+        model, [image], input_size, normalization=normalization)[0], threshold), repeats)
     return {**stats, "image_shape": list(image.shape)}
 
 
@@ -202,17 +238,21 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
 
     meta = json.loads((run / "train_meta.json").read_text())
     size = int(meta["input_size"])
+    norm = meta.get("input_normalization", LEGACY)
     model = keras.saving.load_model(run / MODEL_FILE, compile=False)
     split = read_split(split_file)
-    val_recs = lung_records(data_dir, split, "val", max_images)
+    all_val = lung_records(data_dir, split, "val", max_images)
+    val_recs = [r for r in all_val if r.source == "covid-qu-ex"]
     t0 = time.time()
-    val_rows = evaluate_model(model, size, val_recs, data_dir, threshold)
+    val_rows = evaluate_model(model, size, val_recs, data_dir, threshold, norm)
+    sz_rows = evaluate_model(model, size, [r for r in all_val if r.source == "tb-shenzhen"],
+                             data_dir, threshold, norm)
     log.info("val: %d images in %.1fs", len(val_rows), time.time() - t0)
     sample = set(weak_check_sample(val_recs, data_dir))
     weak_rows = [r for r in val_rows if r["image"] in sample]
 
     gb = [r for r in read_all(data_dir, ("generalblockchain",), max_images) if r.lung_mask]
-    gb_rows = evaluate_model(model, size, gb, data_dir, threshold) if gb else []
+    gb_rows = evaluate_model(model, size, gb, data_dir, threshold, norm) if gb else []
     # Flag GB images that are near-duplicates of a COVID-QU-Ex *training* image (leakage).
     train_recs = lung_records(data_dir, split, "train", max_images)
     if gb and train_recs:
@@ -224,7 +264,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     unseen = [r for r in gb_rows if not r.get("near_duplicate_of_train")]
 
     probe = read_gray(val_recs[0].image)
-    latency = measure_latency(model, size, probe, threshold)
+    latency = measure_latency(model, size, probe, threshold, normalization=norm)
     summary = {
         "run": str(run), "threshold": threshold, "input_size": size,
         "covid_qu_ex_val": aggregate(val_rows),
@@ -233,14 +273,20 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
             for c in sorted({r["label"] for r in val_rows})},
         "weak_check": {"n": len(weak_rows), "images": sorted(sample),
                        "dice_mean": float(np.mean([r["dice"] for r in weak_rows])) if weak_rows else math.nan},
+        "tb_shenzhen_val": aggregate(sz_rows),
+        "tb_shenzhen_val_by_class": {
+            c: aggregate([r for r in sz_rows if r["label"] == c])
+            for c in sorted({r["label"] for r in sz_rows})},
+        "input_normalization": norm,
         "generalblockchain_all": aggregate(gb_rows),
         "generalblockchain_not_in_train": aggregate(unseen),
         "latency_cpu": latency,
     }
     write_segmentation_eval(run, summary, val_rows, gb_rows)
     v = summary["covid_qu_ex_val"]
-    log.info("%s: val Dice %.4f IoU %.4f HD95 %.2f | GB Dice %.4f | latency %.1f ms",
+    log.info("%s: val Dice %.4f IoU %.4f HD95 %.2f | Shenzhen Dice %.4f | GB Dice %.4f | latency %.1f ms",
              run.name, v["dice"]["mean"], v["iou"]["mean"], v["hd95"]["mean"],
+             summary["tb_shenzhen_val"].get("dice", {}).get("mean", math.nan),
              summary["generalblockchain_all"].get("dice", {}).get("mean", math.nan),
              latency["median_ms"])
     return summary

@@ -1,7 +1,11 @@
 """Train, evaluate and export the opacity generator (pix2pix: U-Net generator + patch critic).
 
 Task: COVID-QU-Ex "infection" masks (opacity on COVID-19 films; all-zero masks on Normal and
-Non-COVID films, kept in training so the generator learns to answer "none").
+Non-COVID films, kept in training so the generator learns to answer "none"), plus negatives
+from the other sources that have them (NIH No_findings and Pneumonia, ieee8023 "No Finding"
+frontal films: empty masks). Shenzhen films never enter opacity training: their normals are
+the unseen-hospital test. With ``--input-crop lung-box`` the generator sees the box around
+the lung fields that the bundled lung model finds (as the app does), at ``--input-size``.
 
 Two variants share the generator, the segmentation loss, the data and the schedule, so
 the comparison isolates the critic:
@@ -25,13 +29,23 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..lung import predict_probabilities
-from ..opacity import DEFAULT_MIN_REGION_FRACTION, DEFAULT_THRESHOLD, GRADES, analyze_probability, involvement
+from ..opacity import (
+    DEFAULT_MIN_REGION_FRACTION,
+    DEFAULT_THRESHOLD,
+    GRADES,
+    LUNG_BOX_MARGIN,
+    analyze_probability,
+    involvement,
+    lung_box,
+    predict_maps,
+)
+from ..preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
 from ..postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
@@ -44,7 +58,7 @@ from .export_common import (
     write_card,
     write_segmentation_eval,
 )
-from .lung_task import hardware_info, library_versions, prepare_run
+from .lung_task import AUGMENTATION_ROBUST, _source_counts, hardware_info, library_versions, prepare_run
 from .metrics import aggregate, segmentation_metrics, time_call
 from .splits import read_split, rel_key, select
 
@@ -54,6 +68,8 @@ MODEL_FILE = "model.keras"
 VARIANTS = ("pix2pix", "unet")
 WEAK_CHECK_PER_CLASS = 8
 NATURAL_SAMPLING = "each training film once per epoch (natural class shares)"  # also runs older than the option
+LOSS_NAMES = {"dice-bce": "Dice + BCE",
+              "focal-tversky-bce": "focal Tversky (alpha 0.7 on misses, beta 0.3, gamma 0.75, per film) + BCE"}
 THRESHOLD_GRID = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 THRESHOLD_FP_BUDGET = 0.025  # Normal films with any region, when choosing the threshold (target 5%)
 AUGMENTATION = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, brightness +-0.08, "
@@ -122,11 +138,76 @@ def build_critic(input_size: int = 128, base_filters: int = 16, n_blocks: int = 
 
 
 # ---------------------------------------------------------------- data
-def opacity_records(data_dir: Path, split: dict, which: str, max_images: int | None) -> list[Record]:
-    """COVID-QU-Ex records (all three classes) that have infection and lung masks."""
+NEGATIVE_SOURCES = ("nih", "ieee8023")  # films with nothing to mark in the COVID-QU-Ex convention
+FRONTAL_VIEWS = ("PA", "AP", "AP Supine")
+
+
+def negative_record(r: Record) -> bool:
+    """A film of another source that is an empty-mask example: every NIH film (No_findings,
+    and Pneumonia, which COVID-QU-Ex's convention leaves empty like its Non-COVID class) and
+    ieee8023 frontal X-ray films labelled "No Finding"."""
+    if r.source == "nih":
+        return True
+    return (r.source == "ieee8023" and r.label == NORMAL and (r.view or "") in FRONTAL_VIEWS
+            and (r.modality or "X-ray") == "X-ray")
+
+
+def opacity_records(data_dir: Path, split: dict, which: str, max_images: int | None,
+                    negatives: bool = False) -> list[Record]:
+    """COVID-QU-Ex records (all three classes) that have infection and lung masks, and with
+    ``negatives`` the empty-mask films of :data:`NEGATIVE_SOURCES` (``infection_mask`` None)."""
     recs = [r for r in read_all(data_dir, ("covid-qu-ex",), max_images)
             if r.infection_mask and r.lung_mask]
+    if negatives:
+        recs += [r for r in read_all(data_dir, NEGATIVE_SOURCES, max_images) if negative_record(r)]
     return select(recs, split, which, data_dir)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a run's generator is fed: size, normalisation, lung-box crop (from train_meta)."""
+
+    size: int
+    normalization: str = LEGACY
+    crop: bool = False
+    margin: float = LUNG_BOX_MARGIN
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "InputSpec":
+        return cls(int(meta["input_size"]), meta.get("input_normalization", LEGACY),
+                   meta.get("input_crop") == "lung-box", float(meta.get("crop_margin", LUNG_BOX_MARGIN)))
+
+    def films(self, grays: Sequence[np.ndarray]) -> list[Any]:
+        return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
+
+    def boxes(self, films: Sequence[Any], lungs: Sequence[np.ndarray | None]) -> list[Any]:
+        from ..lung import image_shape
+
+        if not self.crop:
+            return [None] * len(films)
+        return [lung_box(lab, image_shape(f), self.margin) for f, lab in zip(films, lungs)]
+
+
+def load_crop_arrays(records: list[Record], spec: InputSpec, segmenter: Any,
+                     batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Training arrays fed exactly as the app feeds the generator: the robust input of the
+    lung box that ``segmenter`` (the bundled lung model) finds, mask cropped alike."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for start in range(0, len(records), batch):
+        chunk = records[start:start + batch]
+        grays = [read_gray(r.image) for r in chunk]
+        films = spec.films(grays)
+        lungs = [res.labels for res in segmenter.segment_batch(films)]
+        for r, g, film, box in zip(chunk, grays, films, spec.boxes(films, lungs)):
+            m = read_mask(r.infection_mask) if r.infection_mask else np.zeros(g.shape, bool)
+            if m.shape != g.shape:
+                m = resize(m.astype(np.uint8), g.shape, nearest=True) > 0
+            x0, y0, x1, y1 = box if box is not None else (0, 0, g.shape[1], g.shape[0])
+            xs.append(film.model_array(spec.size, box) if hasattr(film, "model_array")
+                      else prepare_for_model(film, spec.size, spec.normalization))
+            ys.append(np.clip(resize(m[y0:y1, x0:x1].astype(np.float32), spec.size), 0, 1)[..., None])
+    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
 
 def _class_counts(recs: list[Record]) -> dict[str, int]:
@@ -138,19 +219,23 @@ def _class_counts(recs: list[Record]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- training step
 def make_train_step(generator: Any, critic: Any | None, g_opt: Any, d_opt: Any | None,
-                    adv_weight: float) -> Any:
-    """A compiled (tf.function) step: returns dict of scalar losses for one batch."""
+                    adv_weight: Any, loss: str = "dice-bce") -> Any:
+    """A compiled (tf.function) step: returns dict of scalar losses for one batch.
+
+    ``adv_weight`` may be a ``tf.Variable`` (the caller ramps it up during a warm-up).
+    """
     import tensorflow as tf
 
-    from .pipeline import dice_bce_loss
+    from .pipeline import SEG_LOSSES
 
     bce_logits = tf.nn.sigmoid_cross_entropy_with_logits
+    seg_loss = SEG_LOSSES[loss]
 
     @tf.function
     def step(x: Any, y: Any) -> dict[str, Any]:
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             p = generator(x, training=True)
-            seg = dice_bce_loss(y, p)
+            seg = seg_loss(y, p)
             g_loss = seg
             if critic is not None:
                 # real and generated pairs in one critic call (one pass over the weights)
@@ -161,7 +246,7 @@ def make_train_step(generator: Any, critic: Any | None, g_opt: Any, d_opt: Any |
                 # one-sided label smoothing (0.9) keeps the critic from saturating early
                 d_loss = 0.5 * (tf.reduce_mean(bce_logits(labels=0.9 * tf.ones_like(real), logits=real))
                                 + tf.reduce_mean(bce_logits(labels=tf.zeros_like(fake), logits=fake)))
-                g_loss = seg + adv_weight * g_adv
+                g_loss = seg + tf.cast(adv_weight, tf.float32) * g_adv
             else:
                 g_adv = tf.constant(0.0)
                 d_loss = tf.constant(0.0)
@@ -247,20 +332,41 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
           batch_size: int, lr: float, d_lr: float, adv_weight: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
           mixed_precision: bool, command: str, init_from: Path | None = None,
-          positive_fraction: float | None = None) -> dict:
+          positive_fraction: float | None = None, normalization: str = ROBUST,
+          input_crop: str = "lung-box", loss: str = "focal-tversky-bce", adv_warmup_epochs: float = 0.0,
+          negatives: bool = True, models_dir: Path | None = None) -> dict:
     """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``."""
     import keras
+    import tensorflow as tf
 
     from .pipeline import load_arrays, make_dataset
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
-    split, train_recs, val_recs = prepare_run(opacity_records, data_dir, split_file, out, seed=seed,
+    if input_crop == "lung-box" and normalization != ROBUST:
+        raise SystemExit("--input-crop lung-box needs --normalization rank-v1")
+
+    def records(d: Path, sp: dict, which: str, mx: int | None) -> list[Record]:
+        # negatives of other sources train; the checkpoint is chosen on COVID-QU-Ex Val only
+        return opacity_records(d, sp, which, mx, negatives=negatives and which == "train")
+
+    split, train_recs, val_recs = prepare_run(records, data_dir, split_file, out, seed=seed,
                                               mixed_precision=mixed_precision, max_images=max_images,
                                               train_fraction=train_fraction)
+    spec = InputSpec(input_size, normalization, input_crop == "lung-box")
     t0 = time.time()
-    xtr, ytr = load_arrays(train_recs, input_size, mask_attr="infection_mask")
-    xva, yva = load_arrays(val_recs, input_size, mask_attr="infection_mask")
+    lung_info = None
+    if spec.crop:
+        from ..lung import LungSegmenter
+
+        segmenter = LungSegmenter(models_root=models_dir)
+        lung_info = {"name": segmenter.card.name, "version": segmenter.card.version,
+                     "sha256": segmenter.card.sha256, "input_normalization": segmenter.normalization}
+        xtr, ytr = load_crop_arrays(train_recs, spec, segmenter)
+        xva, yva = load_crop_arrays(val_recs, spec, segmenter)
+    else:
+        xtr, ytr = load_arrays(train_recs, input_size, mask_attr="infection_mask", normalization=normalization)
+        xva, yva = load_arrays(val_recs, input_size, mask_attr="infection_mask", normalization=normalization)
     val_labels = [r.label or "" for r in val_recs]
     log.info("loaded %d train / %d val arrays in %.1fs", len(xtr), len(xva), time.time() - t0)
     steps = steps_per_epoch or max(1, math.ceil(len(xtr) / batch_size))
@@ -271,8 +377,11 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
     g_opt = keras.optimizers.Adam(schedule)
     d_opt = keras.optimizers.Adam(d_lr, beta_1=0.5) if critic is not None else None
-    step = make_train_step(generator, critic, g_opt, d_opt, adv_weight)
-    it = iter(make_dataset(xtr, ytr, batch_size, True, seed, positive_fraction))
+    adv_var = tf.Variable(0.0 if adv_warmup_epochs > 0 else adv_weight, trainable=False, dtype=tf.float32)
+    warmup_steps = max(1, int(round(adv_warmup_epochs * steps)))
+    step = make_train_step(generator, critic, g_opt, d_opt, adv_var, loss)
+    it = iter(make_dataset(xtr, ytr, batch_size, True, seed, positive_fraction,
+                           robust=normalization == ROBUST))
 
     ckpt = out / MODEL_FILE
     history: list[dict[str, float]] = []
@@ -285,6 +394,8 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         sums: dict[str, float] = {}
         for i in range(steps):
             xb, yb = next(it)
+            if adv_warmup_epochs > 0:  # the critic's voice grows linearly over the warm-up
+                adv_var.assign(adv_weight * min(1.0, (epoch * steps + i) / warmup_steps))
             ts = time.perf_counter()
             res = step(xb, yb)
             for k, v in res.items():
@@ -328,11 +439,17 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "positive_fraction": positive_fraction,
         "sampling": (f"films with a non-empty mask drawn with probability {positive_fraction}"
                      if positive_fraction else NATURAL_SAMPLING),
-        "loss": "Dice + BCE" + (f" + {adv_weight} x non-saturating adversarial (critic: BCE on patch "
-                                "logits, real label 0.9)" if critic is not None else ""),
+        "loss": LOSS_NAMES[loss] + (f" + {adv_weight} x non-saturating adversarial (critic: BCE on patch "
+                                    "logits, real label 0.9"
+                                    + (f", weight ramped up over {adv_warmup_epochs} epochs" if adv_warmup_epochs else "")
+                                    + ")" if critic is not None else ""),
+        "seg_loss": loss, "adv_warmup_epochs": adv_warmup_epochs if critic is not None else None,
+        "input_normalization": normalization, "input_crop": input_crop if spec.crop else "none",
+        "crop_margin": spec.margin if spec.crop else None, "crop_lung_model": lung_info,
+        "train_sources": _source_counts(train_recs), "negatives": negatives,
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
                                 "(empty-vs-empty = 1) at model resolution",
-        "augmentation": AUGMENTATION,
+        "augmentation": AUGMENTATION_ROBUST if normalization == ROBUST else AUGMENTATION,
         "n_train": len(xtr), "n_val": len(xva), "train_classes": _class_counts(train_recs),
         "val_classes": _class_counts(val_recs), "split_file": str(split_file),
         "split_counts": split.get("counts"),
@@ -376,19 +493,21 @@ def _truth_figures(truth: np.ndarray, truth_lung: np.ndarray, min_fraction: floa
     return pct["total"], severity_grade(pct["total"], has)
 
 
-def evaluate_records(model: Any, input_size: int, records: list[Record], data_dir: Path,
+def evaluate_records(model: Any, spec: InputSpec | int, records: list[Record], data_dir: Path,
                      lung_source: str, segmenter: Any, thresholds: Sequence[float],
                      min_fraction: float) -> dict[float, list[dict]]:
     """Per-image metrics at full resolution through the app's own figures (analyze_probability),
     ``{threshold: rows}`` from a single pass of the model (one threshold, or the sweep of
     :func:`choose_threshold`)."""
+    spec = spec if isinstance(spec, InputSpec) else InputSpec(int(spec))
     grid = [float(x) for x in thresholds]
     out: dict[float, list[dict]] = {th: [] for th in grid}
     for start in range(0, len(records), 32):
         chunk = records[start:start + 32]
         imgs = [read_gray(r.image) for r in chunk]
-        probs = predict_probabilities(model, imgs, input_size)
-        lungs = _lung_labels_for(chunk, imgs, lung_source, segmenter)
+        films = spec.films(imgs)
+        lungs = _lung_labels_for(chunk, films, lung_source, segmenter)
+        probs = predict_maps(model, films, spec.boxes(films, lungs), spec.size, spec.normalization)
         for r, img, p, lung in zip(chunk, imgs, probs, lungs):
             truth = read_mask(r.infection_mask)
             if truth.shape != img.shape:
@@ -501,11 +620,12 @@ def weak_check_sample(val_recs: list[Record], data_dir: Path, n: int = WEAK_CHEC
     return out
 
 
-def measure_latency(model: Any, input_size: int, image: np.ndarray, lung: np.ndarray,
+def measure_latency(model: Any, spec: InputSpec, image: np.ndarray, lung: np.ndarray,
                     threshold: float, min_fraction: float, repeats: int = 20) -> dict[str, Any]:
     """Wall time of the app path for one image: preprocess + generator + resize + figures."""
     def once() -> None:
-        p = predict_probabilities(model, [image], input_size)[0]
+        films = spec.films([image])
+        p = predict_maps(model, films, spec.boxes(films, [lung]), spec.size, spec.normalization)[0]
         analyze_probability(p, lung, threshold, min_fraction)
 
     return {**time_call(once, repeats), "image_shape": list(image.shape)}
@@ -519,6 +639,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
 
     meta = json.loads((run / "train_meta.json").read_text())
     size = int(meta["input_size"])
+    spec = InputSpec.from_meta(meta)
     model = keras.saving.load_model(run / MODEL_FILE, compile=False)
     segmenter = None
     if lung_source in ("auto", "model"):
@@ -533,10 +654,10 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
             log.warning("bundled lung model unavailable (%s); constraining to the dataset lung masks", exc)
             lung_source = "truth"
     split = read_split(split_file)
-    val_recs = opacity_records(data_dir, split, "val", max_images)
+    val_recs = opacity_records(data_dir, split, "val", max_images)  # COVID-QU-Ex Val
     t0 = time.time()
     tuning = None
-    by_t = evaluate_records(model, size, val_recs, data_dir, lung_source, segmenter,
+    by_t = evaluate_records(model, spec, val_recs, data_dir, lung_source, segmenter,
                             THRESHOLD_GRID if threshold is None else [threshold], min_fraction)
     if threshold is None:  # choose it on validation (cross-fitted figures in the summary)
         tuning = choose_threshold(by_t)
@@ -551,7 +672,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     weak = [r for r in rows if r["image"] in sample]
 
     gb = [r for r in read_all(data_dir, ("generalblockchain",), max_images) if r.infection_mask and r.lung_mask]
-    gb_rows = evaluate_records(model, size, gb, data_dir, lung_source, segmenter, [threshold],
+    gb_rows = evaluate_records(model, spec, gb, data_dir, lung_source, segmenter, [threshold],
                                min_fraction)[float(threshold)] if gb else []
     train_recs = opacity_records(data_dir, split, "train", max_images)
     if gb and train_recs:  # flag GB films that are near-duplicates of a training image (leakage)
@@ -565,7 +686,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
 
     probe_rec = next((r for r in val_recs if r.label == COVID), val_recs[0])
     probe = read_gray(probe_rec.image)
-    probe_lung = _lung_labels_for([probe_rec], [probe], lung_source, segmenter)[0]
+    probe_lung = _lung_labels_for([probe_rec], spec.films([probe]), lung_source, segmenter)[0]
     import cv2
 
     big = cv2.resize(probe, (1024, 1024), interpolation=cv2.INTER_LINEAR)
@@ -589,8 +710,8 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
         "generalblockchain_not_in_train": _gb_summary(gb_unseen),
         "generalblockchain_with_ggo": _gb_summary(gb_ggo),
         "generalblockchain_with_ggo_not_in_train": _gb_summary(gb_ggo_unseen),
-        "latency_cpu": {"256px": measure_latency(model, size, probe, probe_lung, threshold, min_fraction),
-                        "1024px": measure_latency(model, size, big, big_lung, threshold, min_fraction)},
+        "latency_cpu": {"256px": measure_latency(model, spec, probe, probe_lung, threshold, min_fraction),
+                        "1024px": measure_latency(model, spec, big, big_lung, threshold, min_fraction)},
     }
     write_segmentation_eval(run, summary, rows, gb_rows)
     t = summary["targets"]
