@@ -289,10 +289,6 @@ class DiseaseClassifier:
         peak = float(heat.max())
         return heat / peak if peak > 0 else heat
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Penultimate (global-average-pooled) features, (N, D) float32."""
-        return np.stack([r.embedding for r in self.predict_batch(images)])
-
 
 def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of each row to the training mean under a shared covariance."""

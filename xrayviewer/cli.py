@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from . import RESEARCH_NOTICE, __version__
 from .errors import XRayViewerError
+from .provenance import DEFAULT_FORMATS, OUTPUT_FORMATS
 
 log = logging.getLogger("xrayviewer")
 
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and/or folders")
     an.add_argument("--out", type=Path, default=Path("xrayviewer-results"),
                     help="output folder (default: ./xrayviewer-results); re-running with the same folder resumes")
-    an.add_argument("--format", default="csv,json,png",
-                    help="comma-separated outputs: csv, json, png, pdf, dicom (SEG + Secondary Capture, DICOM inputs "
-                         "only) (default: csv,json,png)")
+    an.add_argument("--format", default=",".join(DEFAULT_FORMATS),
+                    help=f"comma-separated outputs: {', '.join(OUTPUT_FORMATS)} (SEG + Secondary Capture, DICOM "
+                         f"inputs only) (default: {','.join(DEFAULT_FORMATS)})")
     an.add_argument("--phi", action="store_true",
                     help="keep patient-identifying file names in outputs (default: de-identified)")
     an.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
@@ -204,9 +205,9 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     from .inference.control import CancelToken
 
     formats = tuple(f.strip().lower() for f in args.format.split(",") if f.strip())
-    unknown = [f for f in formats if f not in ("csv", "json", "png", "pdf", "dicom")]
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
     if unknown or not formats:
-        log.error("unknown --format value(s): %s (use csv, json, png, pdf, dicom)", ", ".join(unknown) or "(none)")
+        log.error("unknown --format value(s): %s (use %s)", ", ".join(unknown) or "(none)", ", ".join(OUTPUT_FORMATS))
         return 2
     missing = require_models()
     if missing:

@@ -50,6 +50,9 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "seg": ".seg.dcm",
     "sc": ".sc.dcm",
 }
+# What a batch can write, as the CLI's --format and the batch dialog's check boxes name it.
+OUTPUT_FORMATS = ("csv", "json", "png", "pdf", "dicom")
+DEFAULT_FORMATS = ("csv", "json", "png")
 SOFTWARE = f"xrayviewer {__version__}"
 PNG_MARKER_KEY = "xrayviewer-output"
 DICOM_MANUFACTURER = "xrayviewer project"

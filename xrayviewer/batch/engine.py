@@ -30,13 +30,10 @@ from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import CSV_COLUMNS, AnalysisResult, error_record
-from ..provenance import JOURNAL_NAME, OUTPUT_SUFFIXES, is_output_folder, own_output_reason
+from ..provenance import DEFAULT_FORMATS, JOURNAL_NAME, OUTPUT_SUFFIXES, is_output_folder, own_output_reason
 from .journal import Journal
 
 log = logging.getLogger(__name__)
-
-ALL_FORMATS = ("csv", "json", "png")
-KNOWN_FORMATS = ("csv", "json", "png", "pdf", "dicom")
 
 
 class BatchAnalyzer(Protocol):
@@ -59,7 +56,7 @@ class BatchItem:
 @dataclass(frozen=True)
 class BatchOptions:
     out_dir: Path
-    formats: tuple[str, ...] = ALL_FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     jobs: int = 2  # decode threads
     batch_size: int = 8
     phi: bool = False  # keep patient-identifying names in outputs (off: de-identified)

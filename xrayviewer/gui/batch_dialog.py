@@ -19,10 +19,10 @@ from tkinter import filedialog, messagebox, ttk
 from typing import Any
 
 from ..errors import XRayViewerError
+from ..provenance import DEFAULT_FORMATS, OUTPUT_FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "json", "png", "pdf", "dicom")
 COLUMNS = (("file", 260), ("status", 70), ("class", 120), ("covid", 70), ("involvement", 85), ("severity", 80),
            ("reason", 240))
 
@@ -79,7 +79,7 @@ class BatchDialog(tk.Toplevel):
         self.recursive = tk.BooleanVar(value=True)
         ttk.Checkbutton(opts, text="Include sub-folders", variable=self.recursive).pack(side="left")
         ttk.Label(opts, text="   Outputs:").pack(side="left")
-        self.format_vars = {f: tk.BooleanVar(value=f in ("csv", "json", "png")) for f in FORMATS}
+        self.format_vars = {f: tk.BooleanVar(value=f in DEFAULT_FORMATS) for f in OUTPUT_FORMATS}
         for f, var in self.format_vars.items():
             ttk.Checkbutton(opts, text=f.upper(), variable=var).pack(side="left", padx=2)
 

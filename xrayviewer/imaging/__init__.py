@@ -13,7 +13,7 @@ from typing import Union
 from ..errors import CorruptImageError, ImageLoadError, ImageTooLargeError, NotAnImageError
 from .detect import describe_other, sniff_format
 from .types import ImageMetadata, PatientInfo, WindowPreset, XRayImage
-from .windowing import apply_window, to_uint8
+from .windowing import apply_window, render_display, to_uint8
 
 # A 4k x 4k 16-bit chest film is 17 MP; 80 MP leaves room for large detectors and
 # long-leg stitches while refusing hostile headers before they allocate gigabytes.
@@ -83,6 +83,7 @@ __all__ = [
     "PatientInfo",
     "WindowPreset",
     "apply_window",
+    "render_display",
     "to_uint8",
     "MAX_PIXELS",
     "SUPPORTED_FORMATS",

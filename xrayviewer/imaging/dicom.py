@@ -22,7 +22,7 @@ from ..errors import (
     UnsupportedImageError,
 )
 from .types import ImageMetadata, PatientInfo, WindowPreset, XRayImage
-from .windowing import apply_window, percentile_window, range_window, to_uint8
+from .windowing import apply_window, percentile_window, range_window, render_display
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +146,7 @@ def _build(ds: Any, data: bytes, source: str, *, max_pixels: int) -> XRayImage:
     values = _modality(raw, ds)
     windows, default = _window_presets(values, ds)
     invert = photometric == "MONOCHROME1" or (_text(ds, "PresentationLUTShape") or "").upper() == "INVERSE"
-    unit = apply_window(values, default, dataset=ds)
-    if invert:
-        unit = 1.0 - unit
-    display = to_uint8(unit)
+    display = render_display(values, default, dataset=ds, file_invert=invert)
 
     burned = _text(ds, "BurnedInAnnotation")
     if burned and burned.upper() == "YES":

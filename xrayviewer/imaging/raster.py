@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CorruptImageError, ImageTooLargeError, UnsupportedImageError
 from .types import ImageMetadata, PatientInfo, XRayImage
-from .windowing import percentile_window, range_window, to_uint8, apply_window
+from .windowing import percentile_window, range_window, render_display
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
     else:
         default = range_window(arr, name="Full data range")
         windows = (default, percentile_window(arr))
-    display = to_uint8(apply_window(arr, default))
+    display = render_display(arr, default)
     meta = ImageMetadata(
         format=fmt,
         rows=int(arr.shape[0]),

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .windowing import apply_window, to_uint8
+from .windowing import render_display
 
 
 @dataclass(frozen=True)
@@ -151,16 +151,5 @@ class XRayImage:
 
         ``invert`` is the user's extra toggle on top of the file's own inversion.
         """
-        preset = window or self.default_window
-        unit = apply_window(self.values, preset, dataset=self.dataset)
-        if self.invert:
-            unit = 1.0 - unit
-        if invert:
-            unit = 1.0 - unit
-        return to_uint8(unit)
-
-    def window_by_name(self, name: str) -> WindowPreset:
-        for w in self.windows:
-            if w.name == name:
-                return w
-        raise KeyError(name)
+        return render_display(self.values, window or self.default_window, dataset=self.dataset,
+                              file_invert=self.invert, user_invert=bool(invert))

@@ -64,6 +64,19 @@ def apply_window(values: np.ndarray, preset: WindowPreset, *, dataset: Any = Non
     return func(values, preset.center, preset.width)
 
 
+def render_display(values: np.ndarray, preset: WindowPreset, *, dataset: Any = None, file_invert: bool = False,
+                   user_invert: bool = False) -> np.ndarray:
+    """The display pipeline, in the standard's order, for every caller (loaders, re-rendering,
+    the viewer's canvas): VOI window or LUT -> the file's own inversion (MONOCHROME1 /
+    Presentation LUT Shape INVERSE, applied once) -> the user's extra inversion -> 8-bit."""
+    unit = apply_window(values, preset, dataset=dataset)
+    if file_invert:
+        unit = 1.0 - unit
+    if user_invert:
+        unit = 1.0 - unit
+    return to_uint8(unit)
+
+
 def to_uint8(unit: np.ndarray) -> np.ndarray:
     """[0, 1] float -> uint8 with rounding (not truncation)."""
     return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)

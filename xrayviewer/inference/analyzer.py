@@ -251,7 +251,6 @@ class Analyzer:
                 covid_positive=cls.flagged.get("COVID-19"),
                 heatmap=cls.heatmap,
                 lung_labels=lung.labels,
-                opacity_probability=op.probability if op else None,
                 opacity_mask=op.mask if op else None,
                 regions=tuple(op.regions) if op else (),
                 involvement_pct=dict(op.involvement_pct) if op else None,

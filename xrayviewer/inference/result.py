@@ -81,7 +81,6 @@ class AnalysisResult:
     covid_positive: bool | None = None  # COVID probability >= operating point
     heatmap: np.ndarray | None = field(default=None, repr=False)
     lung_labels: np.ndarray | None = field(default=None, repr=False)  # 0 bg, 1 right, 2 left
-    opacity_probability: np.ndarray | None = field(default=None, repr=False)
     opacity_mask: np.ndarray | None = field(default=None, repr=False)
     regions: tuple[Region, ...] = ()
     involvement_pct: dict[str, float] | None = None  # right, left, total
