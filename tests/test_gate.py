@@ -1,5 +1,6 @@
 """The domain gate: refuses CT slices, lateral films, non-chest DICOMs and colour pictures
-with a readable reason; passes frontal chest films."""
+with a readable reason; passes frontal chest films. One sequence (screen, then confirm)
+serves the Analyzer and the gate's evaluation alike."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from xrayviewer import modelstore
 from xrayviewer.classifier import DiseaseClassifier
-from xrayviewer.gate import MODEL_NAME, DomainGate, check_header, colour_fraction
+from xrayviewer.gate import ACCEPTED, MODEL_NAME, DomainGate, check_header
 from xrayviewer.imaging import load_image
+from xrayviewer.imaging.raster import colour_fraction
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,9 @@ def card() -> modelstore.ModelCard:
 
 
 # ------------------------------------------------------------------ header stage (no TF)
-def _fake(modality=None, body=None, view=None, warnings=()):
-    md = SimpleNamespace(modality=modality, body_part=body, view_position=view)
-    return SimpleNamespace(metadata=md, warnings=warnings, source="<none>")
+def _fake(modality=None, body=None, view=None, colour=None):
+    md = SimpleNamespace(modality=modality, body_part=body, view_position=view, colour_fraction=colour)
+    return SimpleNamespace(metadata=md, source="<none>")
 
 
 @pytest.mark.parametrize("modality,code", [("CT", "not_radiograph_modality"), ("MR", "not_radiograph_modality"),
@@ -54,14 +56,26 @@ def test_header_refuses_non_chest_and_lateral() -> None:
 
 
 def test_colour_photo_vs_annotated_xray() -> None:
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert colour_fraction(photo) > 0.5
-    r = check_header(_fake(), rgb=photo)
-    assert r is not None and r.code == "colour_photo"
+    r = check_header(_fake(colour=colour_fraction(photo)))
+    assert r is not None and r.code == "colour_photo" and r.stage == "header"
     xray = np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)
     xray[5:8, 5:30] = (255, 0, 0)  # a red annotation arrow
-    assert check_header(_fake(), rgb=xray) is None
+    assert check_header(_fake(colour=colour_fraction(xray))) is None
+    # The raster loader measures it (from bytes too: nothing is re-read), only for colour files.
+    for rgb, coloured in ((photo, True), (xray, False)):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        img = load_image(buf.getvalue(), name="picture.png")
+        assert img.metadata.colour_fraction == pytest.approx(colour_fraction(rgb))
+        assert (check_header(img) is not None) == coloured
+    buf = io.BytesIO()
+    Image.fromarray(xray[..., 0]).save(buf, format="PNG")
+    assert load_image(buf.getvalue()).metadata.colour_fraction is None
 
 
 # ------------------------------------------------------------------ bundled gate
@@ -78,14 +92,13 @@ def test_gate_card(card: modelstore.ModelCard) -> None:
 def test_gate_rejects_ct_slice(gate: DomainGate, classifier: DiseaseClassifier, dicom_dir: Path,
                                data_dir: Path, card: modelstore.ModelCard) -> None:
     img = load_image(dicom_dir / "non_cxr" / "CT_small.dcm")
-    r = gate.check(img, classifier=classifier)
-    assert not r.accepted and r.code == "not_radiograph_modality" and "CT" in r.reason
     # The same pixels without the header: the image-type CNN must catch it on its own.
-    r = gate.check(img.display, classifier=classifier)
-    assert not r.accepted, r
+    r, pixels_only = gate.check_batch([img, img.display], classifier)
+    assert not r.accepted and r.code == "not_radiograph_modality" and "CT" in r.reason
+    assert not pixels_only.accepted, pixels_only
     # Held-out ieee8023 CT rows (patients not used to train the gate), pixels only.
     held = card.metrics["heldout_files"]["ct"]
-    res = [gate.check(load_image(data_dir / k), classifier=classifier) for k in held]
+    res = gate.check_batch([load_image(data_dir / k) for k in held], classifier)
     assert np.mean([not x.accepted for x in res]) >= 0.9
 
 
@@ -93,16 +106,16 @@ def test_gate_rejects_lateral_film(gate: DomainGate, classifier: DiseaseClassifi
                                    card: modelstore.ModelCard) -> None:
     held = card.metrics["heldout_files"]["lateral"]
     assert held
-    res = [gate.check(load_image(data_dir / k), classifier=classifier) for k in held]
+    res = gate.check_batch([load_image(data_dir / k) for k in held], classifier)
     rate = np.mean([not x.accepted for x in res])
     assert rate >= min(0.8, card.metrics["ieee8023_lateral_heldout"]["rejection_rate"]), res
     assert any(x.code == "lateral_view" and "lateral" in x.reason.lower() for x in res)
 
 
 def test_gate_rejects_hip_and_mr_dicoms(gate: DomainGate, dicom_dir: Path) -> None:
-    for f in ("RG2_JPLY_fixed.dcm", "non_cxr/MR_small.dcm"):
-        r = gate.check(load_image(dicom_dir / f))
-        assert not r.accepted and r.reason, f
+    files = ("RG2_JPLY_fixed.dcm", "non_cxr/MR_small.dcm")
+    for f, r in zip(files, gate.screen([load_image(dicom_dir / f) for f in files])):
+        assert not r.accepted and r.reason and r.stage == "header", f
 
 
 def test_gate_rejects_colour_picture_and_noise(gate: DomainGate, classifier: DiseaseClassifier,
@@ -113,14 +126,14 @@ def test_gate_rejects_colour_picture_and_noise(gate: DomainGate, classifier: Dis
     small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     photo = np.asarray(Image.fromarray(small).resize((256, 256), Image.BICUBIC))
     Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
-    r = gate.check(load_image(tmp_path / "photo.jpg"), classifier=classifier)
-    assert not r.accepted and r.code == "colour_photo" and "colour" in r.reason
-    buf = io.BytesIO()  # from bytes the file cannot be re-read: pass the pixels instead
+    buf = io.BytesIO()  # from bytes: the loader's colour fraction, no file to re-read
     Image.fromarray(photo).save(buf, format="PNG")
-    r = gate.check(load_image(buf.getvalue(), name="photo.png"), rgb=photo)
-    assert not r.accepted and r.code == "colour_photo"
     noise = rng.integers(0, 256, (256, 256), dtype=np.uint8)
-    assert not gate.check(noise, classifier=classifier).accepted
+    jpg, png, noisy = gate.check_batch([load_image(tmp_path / "photo.jpg"),
+                                        load_image(buf.getvalue(), name="photo.png"), noise], classifier)
+    assert not jpg.accepted and jpg.code == "colour_photo" and "colour" in jpg.reason
+    assert not png.accepted and png.code == "colour_photo"
+    assert not noisy.accepted
 
 
 def test_gate_accepts_frontal_films(gate: DomainGate, classifier: DiseaseClassifier, data_dir: Path,
@@ -129,8 +142,29 @@ def test_gate_accepts_frontal_films(gate: DomainGate, classifier: DiseaseClassif
              + sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[:4]
              + sorted((data_dir / "nih" / "X-Ray Image DataSet" / "Pneumonia").glob("*.png"))[-4:]
              + [dicom_dir / "RG1_J2KI.dcm", dicom_dir / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"])
-    res = [gate.check(load_image(f), classifier=classifier) for f in files]
+    res = gate.check_batch([load_image(f) for f in files], classifier)
     refused = [(f.name, r.reason) for f, r in zip(files, res) if not r.accepted]
     assert len(refused) <= 1, refused
     ok = [r for r in res if r.accepted]
-    assert all(r.code == "accepted" and "distance" in r.scores for r in ok)
+    assert all(r.code == ACCEPTED == "ok" and r.stage == "all" and "p_frontal" in r.scores for r in ok)
+
+
+def test_analyzer_runs_the_same_gate_sequence(gate: DomainGate, classifier: DiseaseClassifier, data_dir: Path,
+                                              dicom_dir: Path, card: modelstore.ModelCard, tmp_path: Path) -> None:
+    """The Analyzer (screen, its own classifier pass, confirm) and check_batch (what the card's
+    figures are measured with) decide alike at every stage."""
+    from PIL import Image
+
+    from xrayviewer.inference.analyzer import Analyzer
+
+    rng = np.random.default_rng(2)
+    photo = np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((256, 256)))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    files = ([dicom_dir / "non_cxr" / "CT_small.dcm", dicom_dir / "RG1_J2KI.dcm", tmp_path / "photo.png"]
+             + [data_dir / k for k in card.metrics["heldout_files"]["lateral"][:2]]
+             + sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[:2])
+    images = [load_image(f) for f in files]
+    expected = gate.check_batch(images, classifier)
+    got = [r.gate for r in Analyzer(heatmap=False).analyze_batch(images)]
+    assert [(g.accepted, g.code, g.stage) for g in got] == [(e.accepted, e.code, e.stage) for e in expected]
+    assert {e.stage for e in expected} >= {"header", "all"}

@@ -14,6 +14,10 @@ from .windowing import percentile_window, range_window, render_display
 
 log = logging.getLogger(__name__)
 
+# A pixel is coloured when its channels still differ by more than this after removing a tint.
+COLOUR_CHROMA = 24
+
+
 def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayImage:
     """Decode a raster image; colour -> grey with a warning, first frame of multi-frame."""
     from PIL import Image, ImageOps
@@ -52,8 +56,10 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
         raise
     except Exception as exc:  # a mode Pillow decoded but cannot convert
         raise UnsupportedImageError(f"pixel mode {mode} could not be converted ({_short(exc)})", source) from exc
+    colour = None
     if note:
         notes.append(note)
+        colour = _colour_fraction_of(data, source)
     if arr.ndim != 2:
         raise UnsupportedImageError(f"unexpected pixel layout {arr.shape} (mode {mode})", source)
 
@@ -75,6 +81,7 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
         photometric=mode,
         number_of_frames=n_frames,
         file_size=len(data),
+        colour_fraction=colour,
     )
     return XRayImage(
         source=source,
@@ -87,6 +94,41 @@ def load_raster(data: bytes, source: str, fmt: str, *, max_pixels: int) -> XRayI
         patient=PatientInfo(),
         warnings=tuple(notes),
     )
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """Fraction of pixels with real colour: channels differ by more than :data:`COLOUR_CHROMA`
+    *after* removing a per-channel linear fit on brightness.
+
+    The fit absorbs a uniform tint (films photographed or printed blue/purple, common in
+    ieee8023), which is still a grey radiograph; a photo or a colour texture has channels
+    that vary independently and keeps large residuals.
+    """
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[-1] < 3:
+        return 0.0
+    px = a[..., :3].reshape(-1, 3).astype(np.float64)
+    design = np.stack([px.mean(axis=1), np.ones(len(px))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, px, rcond=None)
+    res = px - design @ coef
+    chroma = res.max(axis=1) - res.min(axis=1)
+    return float((chroma > COLOUR_CHROMA).mean())
+
+
+def _colour_fraction_of(data: bytes, source: str) -> float | None:
+    """:func:`colour_fraction` of a colour file at most 512 px on a side (it is only a
+    statistic: JPEG decodes at reduced size); None if it cannot be measured."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (512, 512))
+            im = im.convert("RGB")
+            im.thumbnail((512, 512))
+            return colour_fraction(np.asarray(im))
+    except Exception as exc:  # noqa: BLE001 - the statistic is optional
+        log.debug("cannot measure the colour of %s: %s", source, exc)
+        return None
 
 
 def _to_grey_array(img, source: str) -> tuple[np.ndarray, int, str | None]:

@@ -92,6 +92,9 @@ class ImageMetadata:
     sop_class: str | None = None
     burned_in_annotation: str | None = None
     file_size: int | None = None
+    # Rasters converted from colour: fraction of really coloured pixels (a photo, not a
+    # tinted film; ``raster.colour_fraction``), for the domain gate. None when grey.
+    colour_fraction: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -2,10 +2,12 @@
 
 Stages, in order, each batched across images and separated by cancel checks:
 
-1. gate (header checks, then the image-type CNN): refuses what the models were not trained on;
+1. gate stages 1-2 (header checks, then the image-type CNN; ``DomainGate.screen``): refuses
+   what the models were not trained on;
 2. lungs (U-Net) -> right/left label mask at full resolution;
 3. classifier -> calibrated probabilities; its embedding feeds the gate's last check
-   (Mahalanobis distance to the training data); Grad-CAM heatmap masked to the lungs;
+   (Mahalanobis distance to the training data, ``DomainGate.confirm``); Grad-CAM heatmap
+   masked to the lungs;
 4. opacity generator -> probability map, mask, regions, per-lung involvement, severity.
 
 Models load lazily, once, each verified against its card (sha256). Use one Analyzer from
@@ -28,7 +30,7 @@ from ..errors import ModelError
 from ..imaging import XRayImage
 from ..preprocessing import film_input
 from .control import CancelToken, ProgressFn, report
-from .result import AnalysisResult, GateVerdict, ModelInfo
+from .result import AnalysisResult, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +155,6 @@ class Analyzer:
 
     def _run(self, images: list[XRayImage], progress: ProgressFn | None, cancel: CancelToken,
              load_s: float) -> list[AnalysisResult]:
-        from ..gate import check_header
-
         n = len(images)
         if n == 0:
             return []
@@ -162,30 +162,17 @@ class Analyzer:
         if load_s > 0.01:
             for t in timings:
                 t["load_models"] = load_s / n
-        verdicts: list[GateVerdict | None] = [None] * n
         grays = [np.asarray(img.display) for img in images]
 
-        # 1. gate: header checks, then the image-type CNN on what is left
+        # 1. gate stages 1-2: header checks, then the image-type CNN on what is left
         report(progress, STAGES[1], 0.0)
         t = time.perf_counter()
-        for i, img in enumerate(images):
-            g = check_header(img)
-            if g is not None:
-                verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
-        todo = [i for i in range(n) if verdicts[i] is None]
-        gate_probs: dict[int, np.ndarray] = {}
-        if todo:
-            probs = self._gate.cnn_probabilities([grays[i] for i in todo])
-            for i, p in zip(todo, probs):
-                gate_probs[i] = p
-                g = self._gate.check_pixels(p)
-                if g is not None:
-                    verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
+        verdicts = self._gate.screen(images)
         self._split(timings, "gate", time.perf_counter() - t, range(n))
         cancel.check()
 
         # 2. lungs
-        todo = [i for i in range(n) if verdicts[i] is None]
+        todo = [i for i in range(n) if verdicts[i].accepted]
         report(progress, STAGES[2], 0.25)
         t = time.perf_counter()
         lungs: dict[int, Any] = {}
@@ -209,12 +196,9 @@ class Analyzer:
                                                    lung_masks=[lungs[i].mask for i in todo],
                                                    heatmap=self.heatmap)
             for i, res in zip(todo, batch):
-                g = self._gate.check_embedding(res.embedding, self._classifier.embedding_stats)
-                if g is not None:
-                    verdicts[i] = GateVerdict(False, g.code, g.reason, dict(g.scores))
-                else:
-                    scores[i] = res
-        accepted = [i for i in todo if verdicts[i] is None]
+                verdicts[i] = self._gate.confirm(verdicts[i], res.embedding, self._classifier.embedding_stats)
+                scores[i] = res
+        accepted = [i for i in todo if verdicts[i].accepted]
         self._split(timings, "classifier", time.perf_counter() - t, todo)
         cancel.check()
 
@@ -234,17 +218,16 @@ class Analyzer:
         for i, img in enumerate(images):
             base = dict(source=img.source, input_sha256=pixel_sha256(img), image_shape=img.shape, models=infos,
                         timings=timings[i], warnings=tuple(img.warnings))
-            if verdicts[i] is not None:
+            if not verdicts[i].accepted:
                 lung = lungs.get(i)
                 out.append(AnalysisResult(gate=verdicts[i], lung_labels=lung.labels if lung else None, **base))
                 continue
             cls, op, lung = scores[i], opac.get(i), lungs[i]
-            gate_scores = {k: float(v) for k, v in zip(("p_frontal", "p_lateral", "p_other"), gate_probs[i])}
             probs = {c: float(p) for c, p in zip(cls.labels, cls.probabilities)}
             if op is None:
                 base["warnings"] = tuple(base["warnings"]) + (OPACITY_MISSING,)
             out.append(AnalysisResult(
-                gate=GateVerdict(True, "ok", "Frontal chest X-ray within the training domain.", gate_scores),
+                gate=verdicts[i],
                 probabilities=probs,
                 predicted_class=cls.top_class,
                 operating_point=dict(cls.thresholds),

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..gate import GateVerdict  # the domain gate's verdict, part of every result
+
 CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
 
 CSV_COLUMNS = (
@@ -57,14 +59,6 @@ class Region:
     def to_dict(self) -> dict[str, Any]:
         return {"bbox": list(self.bbox), "area_px": self.area_px, "side": self.side,
                 "mean_probability": round(self.mean_probability, 4)}
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    accepted: bool
-    code: str  # "ok", "not_xray", "colour", "lateral", "non_chest", "ood"
-    reason: str
-    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

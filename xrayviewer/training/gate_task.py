@@ -7,7 +7,8 @@ gradients, shapes, text-like patterns, colour textures made grey, checkerboards,
 Evaluation: held-out (val-side, other patients) ieee8023 lateral/CT rows, the non-chest
 DICOMs of the bundle (hips, CT, MR), a synthetic set made with a different seed, colour
 pictures, and the pass rate on all frontal validation films -- measured through the app's
-own :class:`xrayviewer.gate.DomainGate` with the bundled classifier (all three stages).
+own gate sequence (:meth:`xrayviewer.gate.DomainGate.check_batch`: ``screen`` then
+``confirm``, as the Analyzer runs them) with the bundled classifier (all three stages).
 """
 
 from __future__ import annotations
@@ -319,15 +320,15 @@ def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, clas
     va = gate_records(data_dir, split, "val", max_images)
     tr = gate_records(data_dir, split, "train", max_images)
 
-    def run_files(paths: list[str]) -> list[Any]:
+    def run_files(paths: list[str], chunk: int = 64) -> list[Any]:
+        """The app's gate sequence on files loaded as the app loads them, a chunk at a time."""
         out = []
-        for p in paths:
-            img = load_image(p)
-            out.append(gate.check(img, classifier=clf))
+        for start in range(0, len(paths), chunk):
+            out.extend(gate.check_batch([load_image(p) for p in paths[start:start + chunk]], clf))
         return out
 
     def run_arrays(arrays: list[np.ndarray]) -> list[Any]:
-        return [gate.check(a, classifier=clf) for a in arrays]
+        return gate.check_batch(arrays, clf)
 
     report: dict[str, Any] = {}
     t0 = time.time()
