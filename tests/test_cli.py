@@ -120,6 +120,38 @@ def test_analyze_twice_in_place_gives_the_same_rows_and_history(data_dir: Path, 
     assert f"no images found in {overlay} (1 file skipped as xrayviewer's own outputs)" in err
 
 
+def test_colour_ultrasound_is_refused_not_failed(data_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A colour ultrasound DICOM among films: a refused row with the reason, no model run on
+    it, exit status 0 (a failure would be 1)."""
+    from test_batch import ThresholdAnalyzer
+
+    import xrayviewer.inference.analyzer as analyzer_module
+
+    seen: list[str] = []
+
+    class Fake(ThresholdAnalyzer):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.seen = seen
+
+    monkeypatch.setattr(analyzer_module, "Analyzer", Fake)
+    monkeypatch.setattr(analyzer_module, "require_models", lambda: [])
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "history.sqlite3"))
+    folder = tmp_path / "films"
+    _films(data_dir, folder, 1)
+    (folder / "echo.dcm").write_bytes(make_dicom(np.zeros((32, 32, 3), np.uint8), photometric="YBR_FULL_422",
+                                                 samples_per_pixel=3, modality="US"))
+    code, text = _run(["analyze", str(folder), "--out", str(tmp_path / "out"), "-q", "--format", "csv,json"])
+    assert code == 0 and "2 image(s): 1 analysed, 1 refused, 0 failed" in text
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    rows = {Path(r["path"]).name: r for r in map(json.loads, lines)}
+    echo = rows["echo.dcm"]
+    assert (echo["status"], echo["gate_code"]) == ("refused", "not_radiograph_colour")
+    assert echo["reason"] == "Not a radiograph: colour ultrasound (photometric interpretation YBR_FULL_422)."
+    assert len(seen) == 1 and not seen[0].endswith("echo.dcm")
+
+
 def _quiet_env() -> dict[str, str]:
     import os
 

@@ -13,6 +13,7 @@ from xrayviewer.errors import (
     CorruptImageError,
     ImageTooLargeError,
     NoPixelDataError,
+    NotARadiographError,
     UnsupportedImageError,
     XRayViewerError,
 )
@@ -215,10 +216,26 @@ def test_multiframe_first_frame_with_warning() -> None:
     assert any("first frame" in w for w in img.warnings)
 
 
-def test_rgb_dicom_is_unsupported() -> None:
-    rgb = np.zeros((16, 16, 3), np.uint8)
-    with pytest.raises(UnsupportedImageError, match="RGB"):
-        load_image(make_dicom(rgb, photometric="RGB", samples_per_pixel=3, rows=16, columns=16, modality="US"))
+@pytest.mark.parametrize("photometric,samples,modality,what", [
+    ("RGB", 3, "US", "colour ultrasound"), ("YBR_FULL_422", 3, "US", "colour ultrasound"),
+    ("PALETTE COLOR", 1, "US", "colour ultrasound"), ("YBR_FULL", 3, "ES", "colour image (modality ES)")])
+def test_colour_dicom_is_not_a_radiograph(photometric: str, samples: int, modality: str, what: str) -> None:
+    """Colour ultrasound and other colour DICOMs: an UnsupportedImageError (the viewer cannot
+    show them) of the kind analysis refuses, with the reason it writes in the row."""
+    pixels = np.zeros((16, 16, 3) if samples == 3 else (16, 16), np.uint8)
+    data = make_dicom(pixels, photometric=photometric, samples_per_pixel=samples, rows=16, columns=16,
+                      modality=modality)
+    with pytest.raises(NotARadiographError, match=photometric) as exc:
+        load_image(data, name="us.dcm")
+    assert isinstance(exc.value, UnsupportedImageError) and exc.value.code == "not_radiograph_colour"
+    assert exc.value.reason == f"Not a radiograph: {what} (photometric interpretation {photometric})."
+    assert exc.value.message.startswith(f"not a radiograph: {what}")
+
+
+def test_monochrome_with_two_samples_is_unsupported_not_refused() -> None:
+    with pytest.raises(UnsupportedImageError, match="MONOCHROME2 with 2 sample") as exc:
+        load_image(make_dicom(np.zeros((16, 16, 2), np.uint8), samples_per_pixel=2, rows=16, columns=16))
+    assert not isinstance(exc.value, NotARadiographError)
 
 
 def test_no_pixel_data() -> None:

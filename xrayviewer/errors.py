@@ -34,6 +34,18 @@ class UnsupportedImageError(ImageLoadError):
     """A valid image we deliberately do not handle (e.g. RGB ultrasound, video)."""
 
 
+class NotARadiographError(UnsupportedImageError):
+    """A valid image that is no radiograph: a colour ultrasound or other colour DICOM
+    (RGB, PALETTE COLOR, YBR_*). Analysis refuses it with :attr:`reason`, as the domain gate
+    refuses what the models were not trained on, instead of counting it as a failure."""
+
+    code = "not_radiograph_colour"  # the gate_code of its refused row
+
+    def __init__(self, message: str, source: str | Path | None = None, *, reason: str) -> None:
+        super().__init__(message, source)
+        self.reason = reason
+
+
 class NoPixelDataError(ImageLoadError):
     """A DICOM object without an image (a report, a DICOMDIR, a presentation state)."""
 

@@ -24,12 +24,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import XRayViewerError
+from ..errors import NotARadiographError, XRayViewerError
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..inference.control import AnalysisCancelled, CancelToken
-from ..inference.result import CSV_COLUMNS, AnalysisResult, error_record
+from ..inference.result import CSV_COLUMNS, AnalysisResult, unanalysed_record
 from ..provenance import DEFAULT_FORMATS, JOURNAL_NAME, OUTPUT_SUFFIXES, is_output_folder, own_output_reason
 from .journal import Journal
 
@@ -263,6 +263,7 @@ class _Loaded:
     sha256: str = ""
     image: XRayImage | None = None
     error: str | None = None
+    refusal: NotARadiographError | None = None  # refused by its loader: no model runs
     skip: bool = False
     seconds: float = 0.0
 
@@ -298,6 +299,8 @@ class BatchRunner:
             return out
         try:
             out.image = load_image(data, name=str(item.path))
+        except NotARadiographError as exc:
+            out.refusal = exc
         except XRayViewerError as exc:
             out.error = exc.message
         except Exception as exc:  # a loader bug must not stop the batch
@@ -343,8 +346,8 @@ class BatchRunner:
                             summary.skipped += 1
                             done += 1
                             report(str(loaded.item.path))
-                        elif loaded.error is not None:
-                            self._record_error(loaded, models, summary)
+                        elif loaded.error is not None or loaded.refusal is not None:
+                            self._record_unanalysed(loaded, models, summary)
                             done += 1
                             report(str(loaded.item.path))
                         else:
@@ -383,7 +386,7 @@ class BatchRunner:
         for b, res in zip(batch, results):
             if isinstance(res, BaseException):
                 b.error = res.message if isinstance(res, XRayViewerError) else f"internal error: {res}"
-                self._record_error(b, models, summary)
+                self._record_unanalysed(b, models, summary)
                 continue
             self._record_result(b, res, models, summary)
 
@@ -415,7 +418,7 @@ class BatchRunner:
                     extra_warnings.append(f"DICOM outputs skipped: {exc.message}")
         except OSError as exc:
             loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
-            self._record_error(loaded, models, summary)
+            self._record_unanalysed(loaded, models, summary)
             return
         record = res.to_json(path=shown_path)
         record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
@@ -441,11 +444,18 @@ class BatchRunner:
         rel = safe_rel(loaded.item, loaded.image, loaded.sha256, self.options.phi)
         return rel, (str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix())
 
-    def _record_error(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
+    def _record_unanalysed(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
+        """The row of a file that failed (``loaded.error``) or that its loader refused."""
         _, shown = self._names(loaded)
-        record = error_record(shown, loaded.error or "unknown error", loaded.seconds, loaded.sha256)
+        if loaded.error is None and loaded.refusal is not None:
+            record = unanalysed_record(shown, "refused", loaded.refusal.reason, seconds=loaded.seconds,
+                                       input_sha256=loaded.sha256, gate_code=loaded.refusal.code)
+            summary.refused += 1
+        else:
+            record = unanalysed_record(shown, "error", loaded.error or "unknown error", seconds=loaded.seconds,
+                                       input_sha256=loaded.sha256)
+            summary.errors += 1
         self.journal.append(loaded.item.key, loaded.sha256, models, record)
-        summary.errors += 1
         if self.on_row:
             self.on_row(record)
 

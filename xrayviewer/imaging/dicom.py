@@ -19,6 +19,7 @@ from ..errors import (
     ImageTooLargeError,
     NoPixelDataError,
     NotAnImageError,
+    NotARadiographError,
     UnsupportedImageError,
 )
 from .types import ImageMetadata, PatientInfo, WindowPreset, XRayImage
@@ -27,6 +28,9 @@ from .windowing import apply_window, percentile_window, range_window, render_dis
 log = logging.getLogger(__name__)
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
+# Colour photometric interpretations (PS3.3 C.7.6.3.1.2; YBR_* matched by prefix): ultrasound,
+# endoscopy, photographs. Never a radiograph, so analysis refuses them (NotARadiographError).
+_COLOUR = ("RGB", "PALETTE COLOR", "ARGB", "CMYK", "HSV")
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
 
 # What to install for each transfer syntax family when pydicom has no working decoder.
@@ -122,6 +126,8 @@ def _build(ds: Any, data: bytes, source: str, *, max_pixels: int) -> XRayImage:
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if not photometric:
         photometric = "MONOCHROME2" if spp == 1 else ""
+    if photometric not in _GREY and (photometric in _COLOUR or photometric.startswith("YBR") or spp == 3):
+        raise _not_a_radiograph(ds, photometric, spp, source)
     if photometric not in _GREY or spp != 1:
         what = f"{_text(ds, 'Modality') or 'unknown modality'}"
         raise UnsupportedImageError(
@@ -216,6 +222,19 @@ def _plugin_for(ts_uid: str, decoder: Any) -> str:
         if "pyjpegls" in decoder.available_plugins:
             return "pyjpegls"
     return ""
+
+
+def _not_a_radiograph(ds: Any, photometric: str, spp: int, source: str) -> NotARadiographError:
+    """The refusal for a colour DICOM: what it is (a colour ultrasound, else a colour image of
+    its modality) and the photometric interpretation that says so."""
+    modality = (_text(ds, "Modality") or "").upper()
+    what = "colour ultrasound" if modality == "US" else (
+        f"colour image (modality {modality})" if modality else "colour image")
+    photo = photometric or "(missing)"
+    return NotARadiographError(
+        f"not a radiograph: {what} (photometric interpretation {photo}, {spp} sample(s) per pixel); "
+        "only greyscale radiographs (MONOCHROME1/2) are analysed",
+        source, reason=f"Not a radiograph: {what} (photometric interpretation {photo}).")
 
 
 def _decode_first_frame(ds: Any, source: str, ts_uid: str, ts_name: str, rows: int, cols: int) -> np.ndarray:

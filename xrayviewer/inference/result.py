@@ -133,9 +133,12 @@ class AnalysisResult:
         return rec
 
 
-def error_record(path: str, message: str, seconds: float = 0.0, input_sha256: str = "") -> dict[str, Any]:
-    """The CSV/JSON row for a file that could not be analysed."""
+def unanalysed_record(path: str, status: str, reason: str, *, seconds: float = 0.0, input_sha256: str = "",
+                      gate_code: str = "") -> dict[str, Any]:
+    """The CSV/JSON row of a file no model looked at: it could not be loaded or analysed
+    (status "error"), or its loader already knew it is no radiograph (status "refused", with
+    the refusal's ``gate_code``; e.g. a colour ultrasound)."""
     rec: dict[str, Any] = {c: None for c in CSV_COLUMNS}
-    rec.update(path=path, status="error", reason=message, seconds=round(seconds, 4), input_sha256=input_sha256,
-               predicted_class="", severity="", models="", gate_code="", warnings="")
+    rec.update(path=path, status=status, reason=reason, seconds=round(seconds, 4), input_sha256=input_sha256,
+               predicted_class="", severity="", models="", gate_code=gate_code, warnings="")
     return rec
