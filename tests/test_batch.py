@@ -44,8 +44,9 @@ class ThresholdAnalyzer:
             self.calls += 1
             self.seen.append(img.source)
             h, w = img.shape
+            hashes = (img.file_sha256, img.pixel_sha256())  # as the Analyzer carries them
             if min(h, w) < 16:
-                out.append(AnalysisResult(img.source, "x", img.shape, GateVerdict(False, "not_xray", "too small"),
+                out.append(AnalysisResult(img.source, *hashes, img.shape, GateVerdict(False, "not_xray", "too small"),
                                           (ModelInfo("threshold", "1", "0" * 64),), {"gate": 0.001}))
             else:
                 labels = np.zeros(img.shape, np.uint8)
@@ -53,7 +54,7 @@ class ThresholdAnalyzer:
                 labels[:, w // 2:] = 2
                 mask = img.display > 200
                 out.append(AnalysisResult(
-                    img.source, "x", img.shape, GateVerdict(True, "ok", ""), (ModelInfo("threshold", "1", "0" * 64),),
+                    img.source, *hashes, img.shape, GateVerdict(True, "ok", ""), (ModelInfo("threshold", "1", "0" * 64),),
                     {"gate": 0.001, "lungs": 0.002}, probabilities={"Normal": 0.5, "COVID-19": 0.3, "Other pneumonia": 0.2},
                     predicted_class="Normal", lung_labels=labels, opacity_mask=mask,
                     regions=(Region((0, 0, 4, 4), 16, "right", 0.9),), involvement_pct={"right": 1.0, "left": 2.0, "total": 1.5},
@@ -236,10 +237,11 @@ def test_pdf_report_content(tmp_path: Path, dicom_dir: Path) -> None:
 
     img = load_image(dicom_dir / "dx_image.dcm")
     res = ThresholdAnalyzer().analyze_batch([img])[0]
-    path = write_pdf_report([ReportItem(res, img, str(dicom_dir / "dx_image.dcm"), "f" * 64)], tmp_path / "r.pdf")
+    path = write_pdf_report([ReportItem(res, img, str(dicom_dir / "dx_image.dcm"))], tmp_path / "r.pdf")
     text = _pdf_text(path)
     for needle in ("Chest X-ray analysis report", "Scores (calibrated)", "COVID-19", "30.0 %", "Involvement",
-                   "1.5 %", "Severity grade: mild", "threshold v1", "f" * 64, "dx_image.dcm", "not a medical device"):
+                   "1.5 %", "Severity grade: mild", "threshold v1", f"Input SHA-256 (file): {img.file_sha256}",
+                   f"Pixel SHA-256: {img.pixel_sha256()}", "dx_image.dcm", "not a medical device"):
         assert needle in text, needle
     assert "Dog" not in text and "123456" not in text
     raw = path.read_bytes()

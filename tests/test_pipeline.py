@@ -152,6 +152,38 @@ def test_cli_analyze_folder_schema_errors_and_resume(tmp_path: Path, data_dir: P
     assert len(list(csv.DictReader(open(out / "results.csv")))) == len(rows)
 
 
+def test_file_and_pixel_hashes_agree_in_csv_pdf_name_and_pdf_text(analyzer: Analyzer, tmp_path: Path,
+                                                                  dicom_dir: Path) -> None:
+    """A real chest film whose file name carries the patient's name (RG1_J2KI.dcm belongs to
+    CompressedSamples^RG1): the CSV row, the PDF's file name and its "Input:" line all name it
+    after the *file's* SHA-256; input_sha256 and file_sha256 hold that hash, pixel_sha256 the
+    decoded pixels' (never one in the place of the other)."""
+    import hashlib
+    import shutil as sh
+
+    from xrayviewer.batch import BatchOptions, BatchRunner, discover
+
+    if sh.which("pdftotext") is None:
+        pytest.fail("pdftotext (poppler-utils) is needed to check PDF text")
+    src = tmp_path / "in"
+    src.mkdir()
+    film = Path(sh.copy(dicom_dir / "RG1_J2KI.dcm", src / "CompressedSamples_RG1_chest.dcm"))
+    file_hash = hashlib.sha256(film.read_bytes()).hexdigest()
+    pixel_hash = load_image(film).pixel_sha256()
+    assert pixel_hash != file_hash
+    out = tmp_path / "out"
+    BatchRunner(analyzer, BatchOptions(out, formats=("csv", "pdf"))).run(discover([src]).items)
+    (row,) = list(csv.DictReader(open(out / "results.csv")))
+    name = f"image-{file_hash[:12]}"
+    assert row["status"] == "ok" and row["path"] == name
+    assert row["input_sha256"] == row["file_sha256"] == file_hash and row["pixel_sha256"] == pixel_hash
+    assert [p.name for p in out.glob("*.report.pdf")] == [f"{name}.report.pdf"]
+    text = subprocess.run(["pdftotext", str(out / f"{name}.report.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"Input: {name}" in text and "CompressedSamples" not in text
+    assert f"Input SHA-256 (file): {file_hash}" in text and f"Pixel SHA-256: {pixel_hash}" in text
+
+
 def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir: Path, dicom_dir: Path) -> None:
     """PDF (page + batch summary), overlay PNG and DICOM SEG/SC from real analyses of real images."""
     import shutil as sh
@@ -166,7 +198,7 @@ def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir
     paths = [_val(data_dir, "COVID-19", 1)[0], dicom_dir / "966_fixed.dcm", dicom_dir / "non_cxr" / "CT_small.dcm"]
     images = [load_image(p) for p in paths]
     results = analyzer.analyze_batch(images)
-    items = [ReportItem(r, i, str(p), "0" * 64) for r, i, p in zip(results, images, paths)]
+    items = [ReportItem(r, i, str(p)) for r, i, p in zip(results, images, paths)]
     pdf = write_pdf_report(items, tmp_path / "report.pdf")
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     assert text.count("Chest X-ray analysis report") == 4  # summary + one page per image

@@ -227,13 +227,13 @@ def output_paths(out_dir: Path, rel: Path) -> dict[str, Path]:
     return {kind: base.with_name(base.name + suffix) for kind, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def safe_rel(item: BatchItem, image: XRayImage | None, sha256: str, phi: bool) -> Path:
-    """The item's relative path, or a hash name when any part of it carries the patient's identity."""
-    from ..reporting.deid import contains_phi
+def safe_rel(item: BatchItem, image: XRayImage | None, file_sha256: str, phi: bool) -> Path:
+    """The item's relative path, or its file-hash name when any part of it carries the patient's identity."""
+    from ..reporting.deid import contains_phi, hashed_stem
 
     if phi or image is None or not contains_phi(item.rel.as_posix(), image):
         return item.rel
-    return Path(f"image-{sha256[:12]}")
+    return Path(hashed_stem(file_sha256))
 
 
 def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[str, Path]) -> list[str]:
@@ -260,7 +260,7 @@ def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[st
 @dataclass
 class _Loaded:
     item: BatchItem
-    sha256: str = ""
+    sha256: str = ""  # of the file's bytes (file_sha256)
     image: XRayImage | None = None
     error: str | None = None
     refusal: NotARadiographError | None = None  # refused by its loader: no model runs
@@ -402,8 +402,7 @@ class BatchRunner:
             if "pdf" in self.options.formats and loaded.image is not None:
                 from ..reporting.pdf import ReportItem, write_pdf_report
 
-                write_pdf_report([ReportItem(res, loaded.image, shown_path, loaded.sha256)], paths["pdf"],
-                                 phi=self.options.phi)
+                write_pdf_report([ReportItem(res, loaded.image, shown_path)], paths["pdf"], phi=self.options.phi)
                 written.append(str(paths["pdf"]))
             if "dicom" in self.options.formats and loaded.image is not None and loaded.image.is_dicom:
                 from ..reporting.dicom_out import DicomOutputError, write_secondary_capture, write_segmentation
@@ -449,11 +448,11 @@ class BatchRunner:
         _, shown = self._names(loaded)
         if loaded.error is None and loaded.refusal is not None:
             record = unanalysed_record(shown, "refused", loaded.refusal.reason, seconds=loaded.seconds,
-                                       input_sha256=loaded.sha256, gate_code=loaded.refusal.code)
+                                       file_sha256=loaded.sha256, gate_code=loaded.refusal.code)
             summary.refused += 1
         else:
             record = unanalysed_record(shown, "error", loaded.error or "unknown error", seconds=loaded.seconds,
-                                       input_sha256=loaded.sha256)
+                                       file_sha256=loaded.sha256)
             summary.errors += 1
         self.journal.append(loaded.item.key, loaded.sha256, models, record)
         if self.on_row:

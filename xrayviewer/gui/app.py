@@ -849,12 +849,10 @@ class ViewerApp:
     def _ask_export(self, title: str, suffix: str, filetype: tuple[str, str], export: Any, done: str) -> None:
         """Save dialog + export. The suggested name is de-identified the way batch outputs are
         (the input's name unless it contains the file's own patient data, else its hash)."""
-        from ..inference.analyzer import pixel_sha256
         from ..reporting.deid import safe_stem
 
         assert self.image is not None
-        digest = self.analysis.input_sha256 if self.analysis is not None else pixel_sha256(self.image)
-        stem = safe_stem(self.path or "image", self.image, digest)
+        stem = safe_stem(self.path or "image", self.image, self.image.file_sha256)
         path = filedialog.asksaveasfilename(parent=self.root, title=title, defaultextension=suffix[-4:],
                                             initialfile=f"{stem}{suffix}", filetypes=[filetype])
         if path:

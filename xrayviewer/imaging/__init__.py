@@ -6,7 +6,9 @@ Format is recognised by content (never by extension). Every failure is an
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
@@ -43,10 +45,12 @@ def load_image(path_or_bytes: PathOrBytes, *, name: str | None = None, max_pixel
     if fmt == "DICOM":
         from .dicom import load_dicom
 
-        return load_dicom(data, source, max_pixels=max_pixels)
-    from .raster import load_raster
+        image = load_dicom(data, source, max_pixels=max_pixels)
+    else:
+        from .raster import load_raster
 
-    return load_raster(data, source, fmt, max_pixels=max_pixels)
+        image = load_raster(data, source, fmt, max_pixels=max_pixels)
+    return replace(image, file_sha256=hashlib.sha256(data).hexdigest())
 
 
 def _read(path_or_bytes: PathOrBytes, name: str | None) -> tuple[bytes, str]:

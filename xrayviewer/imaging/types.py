@@ -7,6 +7,7 @@ measurements and re-windowing use the former, models and the screen the latter.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,8 @@ class XRayImage:
     patient: PatientInfo = field(default_factory=PatientInfo)
     warnings: tuple[str, ...] = ()
     dataset: Any = field(default=None, repr=False)  # pydicom Dataset for the tag view
+    # SHA-256 of the bytes it was loaded from (set by load_image): identifies the *file*.
+    file_sha256: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -148,6 +151,15 @@ class XRayImage:
     @property
     def is_dicom(self) -> bool:
         return self.metadata.format == "DICOM"
+
+    def pixel_sha256(self) -> str:
+        """SHA-256 of the decoded pixels (dtype, shape and modality values): identifies the
+        *image*, whatever file, container or lossless encoding it came in."""
+        h = hashlib.sha256()
+        v = np.ascontiguousarray(self.values)
+        h.update(f"{v.dtype.str}{v.shape}".encode())
+        h.update(v.tobytes())
+        return h.hexdigest()
 
     def render(self, window: WindowPreset | None = None, *, invert: bool | None = None) -> np.ndarray:
         """Display image (uint8) for another window and/or inversion state.

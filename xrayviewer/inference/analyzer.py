@@ -16,7 +16,6 @@ one worker thread at a time (a lock serialises calls).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -57,15 +56,6 @@ def _bundled(name: str, root: Path | None) -> bool:
 
 OPACITY_MISSING = "opacity model not installed in this build: no opacity map, involvement or severity"
 STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities")
-
-
-def pixel_sha256(image: XRayImage) -> str:
-    """Content hash of the decoded pixels (dtype, shape and values)."""
-    h = hashlib.sha256()
-    v = np.ascontiguousarray(image.values)
-    h.update(f"{v.dtype.str}{v.shape}".encode())
-    h.update(v.tobytes())
-    return h.hexdigest()
 
 
 class Analyzer:
@@ -216,8 +206,8 @@ class Analyzer:
         infos = self.model_infos()
         out = []
         for i, img in enumerate(images):
-            base = dict(source=img.source, input_sha256=pixel_sha256(img), image_shape=img.shape, models=infos,
-                        timings=timings[i], warnings=tuple(img.warnings))
+            base = dict(source=img.source, file_sha256=img.file_sha256, pixel_sha256=img.pixel_sha256(),
+                        image_shape=img.shape, models=infos, timings=timings[i], warnings=tuple(img.warnings))
             if not verdicts[i].accepted:
                 lung = lungs.get(i)
                 out.append(AnalysisResult(gate=verdicts[i], lung_labels=lung.labels if lung else None, **base))

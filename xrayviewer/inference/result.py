@@ -2,6 +2,10 @@
 
 Arrays are at the input image's full resolution. ``to_record`` flattens it to the stable
 CSV/JSON schema documented in the README (columns are only ever added, never renamed).
+
+Two hashes, each for one purpose: ``file_sha256`` (the bytes of the input file) identifies
+the *file* -- the CSV's ``input_sha256``, resume, de-identified names, the history's index;
+``pixel_sha256`` (the decoded pixels) identifies the *image*, whatever container it came in.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ CSV_COLUMNS = (
     "gate_code",
     "covid_positive",
     "warnings",
+    "file_sha256",
+    "pixel_sha256",
 )
 
 
@@ -64,7 +70,8 @@ class Region:
 @dataclass(frozen=True, eq=False)
 class AnalysisResult:
     source: str
-    input_sha256: str
+    file_sha256: str  # of the input file's bytes ("" when it was not loaded from bytes)
+    pixel_sha256: str  # of the decoded pixels
     image_shape: tuple[int, int]
     gate: GateVerdict
     models: tuple[ModelInfo, ...]
@@ -115,10 +122,12 @@ class AnalysisResult:
             "opacity_regions": len(self.regions) if self.involvement_pct is not None else None,
             "seconds": round(self.total_seconds, 4),
             "models": self.models_label(),
-            "input_sha256": self.input_sha256,
+            "input_sha256": self.file_sha256,
             "gate_code": self.gate.code,
             "covid_positive": self.covid_positive,
             "warnings": "; ".join(self.warnings),
+            "file_sha256": self.file_sha256,
+            "pixel_sha256": self.pixel_sha256,
         }
 
     def to_json(self, path: str | None = None) -> dict[str, Any]:
@@ -133,12 +142,13 @@ class AnalysisResult:
         return rec
 
 
-def unanalysed_record(path: str, status: str, reason: str, *, seconds: float = 0.0, input_sha256: str = "",
+def unanalysed_record(path: str, status: str, reason: str, *, seconds: float = 0.0, file_sha256: str = "",
                       gate_code: str = "") -> dict[str, Any]:
     """The CSV/JSON row of a file no model looked at: it could not be loaded or analysed
     (status "error"), or its loader already knew it is no radiograph (status "refused", with
     the refusal's ``gate_code``; e.g. a colour ultrasound)."""
     rec: dict[str, Any] = {c: None for c in CSV_COLUMNS}
-    rec.update(path=path, status=status, reason=reason, seconds=round(seconds, 4), input_sha256=input_sha256,
-               predicted_class="", severity="", models="", gate_code=gate_code, warnings="")
+    rec.update(path=path, status=status, reason=reason, seconds=round(seconds, 4), input_sha256=file_sha256,
+               predicted_class="", severity="", models="", gate_code=gate_code, warnings="",
+               file_sha256=file_sha256, pixel_sha256="")
     return rec

@@ -2,7 +2,8 @@
 
 By default no patient name, ID, birth date or accession number appears in a report, a
 file name or a CSV. Input file names are kept only when they contain none of the file's
-own identifying values; otherwise the output is named after the input's hash.
+own identifying values; otherwise the output is named after the input file's SHA-256
+(:func:`hashed_stem`), the same name in batch outputs, reports and the viewer's exports.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ def contains_phi(text: str, image: XRayImage | None) -> bool:
     return any(len(_norm(v)) >= 3 and _norm(v) in t for v in phi_values(image))
 
 
-def safe_stem(path: str | Path, image: XRayImage | None, input_sha256: str, *, phi: bool = False) -> str:
+def hashed_stem(file_sha256: str) -> str:
+    """The de-identified name of an input: ``image-`` and the first 12 hex digits of its file hash."""
+    return f"image-{file_sha256[:12]}"
+
+
+def safe_stem(path: str | Path, image: XRayImage | None, file_sha256: str, *, phi: bool = False) -> str:
     """A file-name stem for outputs about ``path`` that leaks no patient data."""
     name = Path(path).name
     if phi or not contains_phi(name, image):
         return name
-    return f"image-{input_sha256[:12]}"
+    return hashed_stem(file_sha256)

@@ -44,7 +44,6 @@ class ReportItem:
     result: AnalysisResult
     image: XRayImage
     path: str  # the input as the user gave it
-    file_sha256: str | None = None
 
 
 def _font_dir() -> Path:
@@ -130,7 +129,7 @@ class _Doc:
 def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     r, img = item.result, item.image
     p = doc.pdf
-    name = safe_stem(item.path, img, r.input_sha256, phi=phi)
+    name = safe_stem(item.path, img, r.file_sha256, phi=phi)
     doc.header(f"{name} - generated {generated}")
     md = img.metadata
     p.set_font("DejaVu", "", 8.5)
@@ -138,8 +137,8 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     if md.modality:
         facts.append(f"Modality: {md.modality}{', view ' + md.view_position if md.view_position else ''}")
     p.multi_cell(0, 4.4, "   ".join(facts), new_x="LMARGIN", new_y="NEXT")
-    p.multi_cell(0, 4.4, f"Input SHA-256 (file): {item.file_sha256 or 'n/a'}", new_x="LMARGIN", new_y="NEXT")
-    p.multi_cell(0, 4.4, f"Pixel SHA-256: {r.input_sha256}", new_x="LMARGIN", new_y="NEXT")
+    p.multi_cell(0, 4.4, f"Input SHA-256 (file): {r.file_sha256 or 'n/a'}", new_x="LMARGIN", new_y="NEXT")
+    p.multi_cell(0, 4.4, f"Pixel SHA-256: {r.pixel_sha256}", new_x="LMARGIN", new_y="NEXT")
     if phi and img.patient.values():
         pat = img.patient
         p.multi_cell(0, 4.4, f"Patient: {pat.name or '-'}, ID {pat.patient_id or '-'}, born {pat.birth_date or '-'}, "
@@ -258,7 +257,7 @@ def write_pdf_report(items: Sequence[ReportItem], path: str | os.PathLike, *, ph
     if len(items) > 1:
         rows = []
         for it in items:
-            rec = it.result.to_record(safe_stem(it.path, it.image, it.result.input_sha256, phi=phi))
+            rec = it.result.to_record(safe_stem(it.path, it.image, it.result.file_sha256, phi=phi))
             rows.append(rec)
         _summary(doc, rows, generated=generated)
     for it in items:
