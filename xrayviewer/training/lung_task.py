@@ -25,7 +25,9 @@ from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_ma
 from .export_common import (
     compare_runs,
     copy_segmentation_evals,
+    lineage,
     provenance,
+    total_epochs,
     save_inference_model,
     start_export,
     write_card,
@@ -303,7 +305,21 @@ def _short(summary: dict, meta: dict) -> dict:
         "val_hd95_px": round(v["hd95"]["mean"], 2),
         "gb_dice": round(g["dice"]["mean"], 4) if g.get("n") else None,
         "latency_ms_median": summary["latency_cpu"]["median_ms"],
+        "input_normalization": meta.get("input_normalization", LEGACY),
+        "tb_shenzhen_val_dice": round(summary["tb_shenzhen_val"]["dice"]["mean"], 4)
+        if summary.get("tb_shenzhen_val", {}).get("n") else None,
     }
+
+
+def _preprocessing_text(normalization: str) -> str:
+    """The card's one-line description of the model input."""
+    if normalization == ROBUST:
+        return ("xrayviewer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
+                "(MONOCHROME1 inverted), squash-resized (area) to input_size x input_size, mapped through "
+                "the film's rank map (256 quantiles of the central 80% of the film at 256 px, mid-rank "
+                "ties), shape (S, S, 1) in [0, 1]")
+    return ("xrayviewer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
+            "squash-resize (area) to input_size x input_size, shape (S, S, 1)")
 
 
 def plot_history(runs: list[Path], out_png: Path) -> None:
@@ -315,12 +331,16 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for i, run in enumerate(runs):
+        if not (run / "history.csv").is_file():  # e.g. a previous bundle re-evaluated: no curves
+            continue
         with open(run / "history.csv") as fh:
             rows = list(csv.DictReader(fh))
         meta = json.loads((run / "train_meta.json").read_text())
-        # x = optimiser steps, so runs with different epoch lengths compare at equal compute
-        steps = [(int(r["epoch"]) + 1) * int(meta["steps_per_epoch"]) for r in rows]
-        name, colour = meta["variant"], f"C{i}"
+        # x = optimiser steps, so runs with different epoch lengths compare at equal compute;
+        # a continuation starts where its parent stopped
+        offset = sum(int(m["epochs"]) * int(m["steps_per_epoch"]) for m in lineage(meta)[:-1])
+        steps = [offset + (int(r["epoch"]) + 1) * int(meta["steps_per_epoch"]) for r in rows]
+        name, colour = f"{meta['variant']} ({run.name})", f"C{i}"
         ax1.plot(steps, [float(r["loss"]) for r in rows], color=colour, label=f"{name} train")
         ax1.plot(steps, [float(r["val_loss"]) for r in rows], "--", color=colour, label=f"{name} val")
         ax2.plot(steps, [float(r["val_dice_coef"]) for r in rows], "o-", color=colour, label=f"{name} val")
@@ -349,8 +369,8 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "name": name, "version": version, "task": "lung-field segmentation",
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": meta["input_size"],
-        "preprocessing": "xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, "
-                         "squash-resize (area) to input_size x input_size, shape (S, S, 1)",
+        "input_normalization": meta.get("input_normalization", LEGACY),
+        "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY)),
         "output": "sigmoid probability of visible (aerated) lung field per pixel, (S, S, 1) "
                   "float32; resized back to the image with mask_to_full_resolution, then "
                   "thresholded, two largest components kept, holes filled, split right/left",
@@ -359,18 +379,24 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "mask_convention": "COVID-QU-Ex: visible lung fields, excludes heart/mediastinum and "
                            "lung behind the heart or below the diaphragm dome",
         "training_data": {
-            "source": "COVID-QU-Ex Infection Segmentation Data (lung masks), shared/data/covid-qu-ex",
+            "source": ("COVID-QU-Ex Infection Segmentation Data (lung masks), shared/data/covid-qu-ex"
+                       + (" + Shenzhen tuberculosis set lung masks, shared/data/tb-shenzhen (train part "
+                          "of the patient-disjoint split)" if "tb-shenzhen" in meta.get("train_sources", {}) else "")),
+            "train_sources": meta.get("train_sources"),
             "train": "Train folder minus near-duplicates of Val images",
-            "validation": "Val folder (dataset's own split)", "n_train": meta["n_train"],
+            "validation": "COVID-QU-Ex Val folder (dataset's own split; checkpoint selection)",
+            "n_train": meta["n_train"],
             "n_val": meta["n_val"], "train_fraction": meta["train_fraction"],
             "split_seed": split.get("seed"),
             "n_excluded_near_duplicates": len(split.get("excluded", [])),
-            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": meta["epochs"],
+            "augmentation": meta["augmentation"], "loss": meta["loss"], "epochs": total_epochs(meta),
             "batch_size": meta["batch_size"], "optimizer": f"Adam lr {meta['lr']} {meta['lr_schedule']}",
             "mixed_precision": meta["mixed_precision"],
         },
         "metrics": {
             "covid_qu_ex_val": v, "covid_qu_ex_val_by_class": summary["covid_qu_ex_val_by_class"],
+            "tb_shenzhen_val": summary.get("tb_shenzhen_val"),
+            "tb_shenzhen_val_by_class": summary.get("tb_shenzhen_val_by_class"),
             "generalblockchain_all": summary["generalblockchain_all"],
             "generalblockchain_not_in_train": summary["generalblockchain_not_in_train"],
             "note": "full-resolution masks after postprocessing; HD95 in pixels of the 256x256 "
@@ -383,6 +409,8 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         **provenance(meta, weights),
     }
     card["training_data"]["split_command"] = split.get("command")
+    if meta.get("init_from"):
+        card["training_data"]["init_from"] = meta["init_from"]
     notes = run / "notes.json"  # free-form facts about the run (benchmarks, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
