@@ -78,18 +78,18 @@ def main() -> None:
     os.environ.setdefault("XRAYVIEWER_HISTORY_DB", str(Path(tempfile.mkdtemp()) / "h.db"))
     root = create_root()
     app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=Path(tempfile.mkdtemp()) / "s.json")
-    pump(root, lambda: app.models_state in ("ready", "failed"))
-    if app.models_state != "ready":
-        raise SystemExit(f"models unavailable: {app.analysis_error}")
+    pump(root, lambda: app.session.models_state in ("ready", "failed"))
+    if app.session.models_state != "ready":
+        raise SystemExit(f"models unavailable: {app.session.analysis_error}")
     ticker = Ticker(root)
     t_end = time.monotonic() + 2
     pump(root, lambda: time.monotonic() > t_end)
     idle = ticker.take()
     app.open_path(data_dir() / "dicom" / "966_fixed.dcm")
-    pump(root, lambda: app.image is not None)
+    pump(root, lambda: app.session.image is not None)
     ticker.take()
     app.analyze()
-    pump(root, lambda: app.analysis is not None and not app.tasks.busy("analyze"))
+    pump(root, lambda: app.session.analysis is not None and not app.tasks.busy("analyze"))
     t_end = time.monotonic() + 0.5
     pump(root, lambda: time.monotonic() > t_end)
     single = ticker.take()

@@ -232,13 +232,13 @@ def test_gui_shows_the_pipelines_values(analyzer: Analyzer, display: str, tmp_pa
     root = create_root()
     app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json", analyzer=analyzer,
                     load_models=False)
-    app.models_state = "ready"
+    app.session.models_state = "ready"
     for path in (dicom_dir / "966_fixed.dcm", _val(data_dir, "COVID-19", 1)[0]):
         app.open_path(path)
-        pump(app, lambda: app.path == path and app.image is not None)
+        pump(app, lambda: app.session.path == path and app.session.image is not None)
         app.analyze()
-        pump(app, lambda: app.analysis is not None, timeout=120)
-        r = app.analysis
+        pump(app, lambda: app.session.analysis is not None, timeout=120)
+        r = app.session.analysis
         if r.gate.accepted:
             shown = app.results.percentages()
             for cls, p in r.probabilities.items():
@@ -247,7 +247,7 @@ def test_gui_shows_the_pipelines_values(analyzer: Analyzer, display: str, tmp_pa
             assert view.ndim == 3  # lung outlines blended in
         else:
             assert r.gate.reason in app.results.text()
-        out = app.export_pdf(tmp_path / f"{path.name}.pdf")
-        assert out.is_file() and app._history().get(app.history_id).report_paths == (str(out),)
+        out = app.session.pdf_export(tmp_path / f"{path.name}.pdf")()
+        assert out.is_file() and app.session.get_history().get(app.session.history_id).report_paths == (str(out),)
     assert app.callback_errors == []
     app.quit()

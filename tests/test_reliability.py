@@ -109,10 +109,10 @@ def test_viewer_opens_images_without_models(display: str, tmp_path: Path, dicom_
 
     root = create_root()
     app = ViewerApp(root, Settings(accepted_notice_version=1), settings_path=tmp_path / "s.json")
-    pump(app, lambda: app.models_state == "failed", timeout=60)
+    pump(app, lambda: app.session.models_state == "failed", timeout=60)
     assert "card" in app.results.text() and "Viewing still works" in app.results.text()
     app.open_path(dicom_dir / "dx_image.dcm")
-    pump(app, lambda: app.image is not None)
+    pump(app, lambda: app.session.image is not None)
     assert app.render_current() is not None
     app.analyze()
     assert "unavailable" in app.status_var.get()

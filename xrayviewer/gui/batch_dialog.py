@@ -3,15 +3,14 @@ and see a sortable results table fill as images finish; then open the output fol
 results.csv. Same engine, discovery and resume as the CLI: the output folder and every file
 xrayviewer wrote are never analysed, so pressing Start again resumes and adds nothing.
 
-The engine runs on a worker thread; its progress and rows arrive through a queue that the
-Tk thread drains with ``after()``.
+The engine runs as a job of the viewer's one background-task mechanism
+(:class:`~xrayviewer.gui.worker.BackgroundTasks`): its discovery, progress and rows arrive
+as messages on the Tk thread, and a closed dialog drops what is still in flight.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import tkinter as tk
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..errors import XRayViewerError
 from ..provenance import DEFAULT_FORMATS, OUTPUT_FORMATS
+from .worker import BackgroundTasks, Post
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,17 @@ COLUMNS = (("file", 260), ("status", 70), ("class", 120), ("covid", 70), ("invol
            ("reason", 240))
 
 
-def _run_batch(analyzer: Any, folder: Path, out: Path, recursive: bool, formats: tuple[str, ...],
-               inbox: queue.Queue, cancel: Any) -> None:
-    """Worker thread body: no Tk objects referenced here."""
+def _run_batch(analyzer: Any, folder: Path, out: Path, recursive: bool, formats: tuple[str, ...], cancel: Any,
+               post: Post) -> Any:
+    """The job (on a worker thread: no Tk objects referenced here): posts ("discovered",
+    Discovery), ("progress", BatchProgress) and ("row", record); returns the BatchSummary."""
     from ..batch import BatchOptions, BatchRunner, discover
 
-    try:
-        found = discover([folder], recursive=recursive, out_dir=out)
-        inbox.put(("discovered", found))
-        runner = BatchRunner(analyzer, BatchOptions(out, formats), progress=lambda p: inbox.put(("progress", p)),
-                             on_row=lambda r: inbox.put(("row", r)), cancel=cancel)
-        inbox.put(("done", runner.run(found.items)))
-    except BaseException as exc:  # reported in the dialog
-        inbox.put(("error", exc))
+    found = discover([folder], recursive=recursive, out_dir=out)
+    post(("discovered", found))
+    runner = BatchRunner(analyzer, BatchOptions(out, formats), progress=lambda p: post(("progress", p)),
+                         on_row=lambda r: post(("row", r)), cancel=cancel)
+    return runner.run(found.items)
 
 
 class BatchDialog(tk.Toplevel):
@@ -53,14 +51,13 @@ class BatchDialog(tk.Toplevel):
         self.settings = settings
         self.on_open = on_open
         self.on_row_cb = on_row
-        self.inbox: queue.Queue = queue.Queue()
+        self.tasks = BackgroundTasks(self, poll_ms=100)
         self.rows: list[dict] = []
         self.summary: Any = None
         self.error: str | None = None
         self.own_outputs = 0  # files of ours that discovery left out in the last run
         self.out_dir: Path | None = None  # of the last run
         self._cancel: Any = None
-        self._thread: threading.Thread | None = None
         self._sort: tuple[str, bool] = ("file", False)
 
         form = ttk.Frame(self, padding=8)
@@ -156,11 +153,9 @@ class BatchDialog(tk.Toplevel):
         self.start_button.configure(state="disabled")
         self.cancel_button.configure(state="normal")
         self.status.set("Starting (loading models if needed)...")
-        self._thread = threading.Thread(
-            target=_run_batch, args=(analyzer, folder, out, self.recursive.get(), formats, self.inbox, self._cancel),
-            name="xrayviewer-batch", daemon=True)
-        self._thread.start()
-        self.after(100, self._poll)
+        recursive, cancel = self.recursive.get(), self._cancel
+        self.tasks.submit("batch", lambda post: _run_batch(analyzer, folder, out, recursive, formats, cancel, post),
+                          self._finished, self._failed, on_message=self._on_message)
 
     def cancel(self) -> None:
         if self._cancel is not None:
@@ -171,32 +166,24 @@ class BatchDialog(tk.Toplevel):
         self.cancel()
         self.destroy()
 
+    def destroy(self) -> None:
+        self.tasks.close()  # what is still in flight is dropped
+        super().destroy()
+
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.tasks.busy("batch")
 
     # ------------------------------------------------------------------ updates
-    def _poll(self) -> None:
-        try:
-            while True:
-                kind, value = self.inbox.get_nowait()
-                if kind == "discovered":
-                    self.own_outputs = len(value.own_outputs)
-                    self.progress.configure(maximum=max(1, len(value.items)), value=0)
-                elif kind == "progress":
-                    self._show_progress(value)
-                elif kind == "row":
-                    self._add_row(value)
-                elif kind == "done":
-                    self._finished(value)
-                elif kind == "error":
-                    self._failed(value)
-        except queue.Empty:
-            pass
-        except tk.TclError:  # dialog closed meanwhile
-            return
-        if self.running or not self.inbox.empty():
-            self.after(100, self._poll)
+    def _on_message(self, message: tuple[str, Any]) -> None:
+        kind, value = message
+        if kind == "discovered":
+            self.own_outputs = len(value.own_outputs)
+            self.progress.configure(maximum=max(1, len(value.items)), value=0)
+        elif kind == "progress":
+            self._show_progress(value)
+        elif kind == "row":
+            self._add_row(value)
 
     def _show_progress(self, p: Any) -> None:
         self.progress.configure(maximum=max(1, p.total), value=p.done)

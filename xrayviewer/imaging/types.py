@@ -80,6 +80,9 @@ class ImageMetadata:
     bits_stored: int
     bits_allocated: int
     photometric: str  # MONOCHROME1/MONOCHROME2 for DICOM, Pillow mode for rasters
+    # Rasters converted from colour: the fraction of really coloured pixels (a photo, not a
+    # tinted film; ``raster.colour_fraction``), for the domain gate. None when grey.
+    colour_fraction: float | None = None
     modality: str | None = None
     view_position: str | None = None
     body_part: str | None = None
@@ -93,9 +96,6 @@ class ImageMetadata:
     sop_class: str | None = None
     burned_in_annotation: str | None = None
     file_size: int | None = None
-    # Rasters converted from colour: fraction of really coloured pixels (a photo, not a
-    # tinted film; ``raster.colour_fraction``), for the domain gate. None when grey.
-    colour_fraction: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,244 @@
+"""The main window's widgets: menus, toolbar, file list, canvas, side panel, status bar and
+the keyboard shortcuts. :class:`ViewerLayout` builds them for :class:`~xrayviewer.gui.app.ViewerApp`,
+whose methods the commands call; the behaviour lives there and in the session."""
+
+from __future__ import annotations
+
+import logging
+import tkinter as tk
+from pathlib import Path
+from tkinter import messagebox, ttk
+from typing import Any
+
+from .. import RESEARCH_NOTICE
+from . import dialogs
+from .results_panel import ResultsPanel
+
+log = logging.getLogger(__name__)
+
+ZOOM_STEP = 1.25
+PANEL_WIDTH = 300
+# The overlay check boxes, in the order of ViewerSession.layers (lungs, opacity, boxes, heatmap).
+LAYER_LABELS = ("Lung fields", "Opacity", "Opacity boxes", "Heatmap")
+
+
+class ViewerLayout:
+    """Mixin of :class:`~xrayviewer.gui.app.ViewerApp`: the widget tree and its bindings."""
+
+    root: tk.Tk
+    session: Any
+    settings: Any
+
+    def _build_menus(self) -> None:
+        m = tk.Menu(self.root)
+        self.root.configure(menu=m)
+        file_menu = tk.Menu(m, tearoff=False)
+        file_menu.add_command(label="Open...", accelerator="Ctrl+O", command=self.ask_open)
+        file_menu.add_command(label="Open folder...", accelerator="Ctrl+Shift+O", command=self.ask_open_folder)
+        self.recent_menu = tk.Menu(file_menu, tearoff=False)
+        file_menu.add_cascade(label="Open recent", menu=self.recent_menu)
+        file_menu.add_separator()
+        file_menu.add_command(label="Export overlay PNG...", accelerator="Ctrl+E", command=self.ask_export_png)
+        file_menu.add_command(label="Export PDF report...", accelerator="Ctrl+P", command=self.ask_export_pdf)
+        file_menu.add_command(label="Copy overlay to clipboard", command=self.copy_to_clipboard)
+        file_menu.add_command(label="History...", accelerator="Ctrl+H", command=self.show_history)
+        file_menu.add_command(label="Settings...", accelerator="Ctrl+,", command=self.show_settings)
+        file_menu.add_separator()
+        file_menu.add_command(label="Close image", command=self.close_image)
+        file_menu.add_command(label="Quit", accelerator="Ctrl+Q", command=self.quit)
+        m.add_cascade(label="File", menu=file_menu)
+
+        view = tk.Menu(m, tearoff=False)
+        view.add_command(label="Fit to window", accelerator="F", command=self.fit)
+        view.add_command(label="Actual size", accelerator="1", command=self.one_to_one)
+        view.add_command(label="Zoom in", accelerator="+", command=lambda: self.zoom(ZOOM_STEP))
+        view.add_command(label="Zoom out", accelerator="-", command=lambda: self.zoom(1 / ZOOM_STEP))
+        view.add_separator()
+        view.add_command(label="Rotate clockwise", accelerator="R", command=lambda: self.rotate(1))
+        view.add_command(label="Rotate counter-clockwise", accelerator="Shift+R", command=lambda: self.rotate(-1))
+        view.add_command(label="Flip horizontal", accelerator="H", command=self.flip_h)
+        view.add_command(label="Flip vertical", accelerator="V", command=self.flip_v)
+        view.add_command(label="Invert", accelerator="I", command=self.toggle_invert)
+        view.add_separator()
+        view.add_command(label="Reset view", accelerator="Esc", command=self.reset_view)
+        m.add_cascade(label="View", menu=view)
+
+        analysis = tk.Menu(m, tearoff=False)
+        analysis.add_command(label="Analyze", accelerator="A / Ctrl+Enter", command=self.analyze)
+        analysis.add_command(label="Cancel analysis", accelerator="Ctrl+.", command=self.cancel_analysis)
+        analysis.add_separator()
+        analysis.add_command(label="Batch...", accelerator="Ctrl+B", command=self.show_batch)
+        m.add_cascade(label="Analysis", menu=analysis)
+
+        self.window_menu = tk.Menu(m, tearoff=False)
+        m.add_cascade(label="Window", menu=self.window_menu)
+
+        tools = tk.Menu(m, tearoff=False)
+        tools.add_command(label="Ruler mode", accelerator="M", command=self.toggle_ruler)
+        tools.add_command(label="Clear rulers", accelerator="C", command=self.clear_rulers)
+        tools.add_command(label="DICOM tags...", accelerator="T", command=self.show_tags)
+        m.add_cascade(label="Tools", menu=tools)
+
+        help_menu = tk.Menu(m, tearoff=False)
+        help_menu.add_command(label="Keyboard shortcuts", accelerator="F1", command=lambda: dialogs.show_shortcuts(self.root))
+        help_menu.add_command(label="Intended use", command=lambda: messagebox.showinfo("Intended use", dialogs.NOTICE_TEXT, parent=self.root))
+        help_menu.add_command(label="About", command=lambda: messagebox.showinfo("About xrayviewer", dialogs.about_text(), parent=self.root))
+        m.add_cascade(label="Help", menu=help_menu)
+        self._refresh_recent_menu()
+
+    def _build_layout(self) -> None:
+        bar = ttk.Frame(self.root, padding=(6, 4))
+        bar.pack(side="top", fill="x")
+        for text, cmd in (
+            ("Open", self.ask_open), ("Folder", self.ask_open_folder), ("Fit", self.fit), ("1:1", self.one_to_one),
+            ("Rotate", lambda: self.rotate(1)), ("Flip", self.flip_h), ("Invert", self.toggle_invert),
+            ("Tags", self.show_tags),
+        ):
+            ttk.Button(bar, text=text, command=cmd, width=7).pack(side="left", padx=1)
+        self.analyze_button = ttk.Button(bar, text="Analyze", command=self.analyze, width=9)
+        self.analyze_button.pack(side="left", padx=(10, 1))
+        self.cancel_button = ttk.Button(bar, text="Cancel", command=self.cancel_analysis, width=7, state="disabled")
+        self.cancel_button.pack(side="left", padx=1)
+        self.progress_bar = ttk.Progressbar(bar, length=120, mode="determinate", maximum=1.0)
+        self.progress_bar.pack(side="left", padx=4)
+        self.ruler_var = tk.BooleanVar(value=False)
+        ttk.Checkbutton(bar, text="Ruler", variable=self.ruler_var, command=self._ruler_from_var).pack(side="left", padx=6)
+        ttk.Label(bar, text="Window:").pack(side="left", padx=(12, 2))
+        self.window_var = tk.StringVar()
+        self.window_box = ttk.Combobox(bar, textvariable=self.window_var, state="readonly", width=30)
+        self.window_box.pack(side="left")
+        self.window_box.bind("<<ComboboxSelected>>", lambda e: self.select_window(self.window_var.get()))
+
+        status = ttk.Frame(self.root, padding=(6, 2))
+        status.pack(side="bottom", fill="x")
+        self.status_var = tk.StringVar()
+        self.pixel_var = tk.StringVar()
+        self.zoom_var = tk.StringVar()
+        ttk.Label(status, textvariable=self.status_var, anchor="w").pack(side="left", fill="x", expand=True)
+        ttk.Label(status, textvariable=self.pixel_var, anchor="e", width=44).pack(side="right")
+        ttk.Label(status, textvariable=self.zoom_var, anchor="e", width=10).pack(side="right")
+        self.models_var = tk.StringVar(value="Models: not loaded")
+        ttk.Label(status, textvariable=self.models_var, anchor="e").pack(side="right", padx=8)
+
+        body = ttk.PanedWindow(self.root, orient="horizontal")
+        body.pack(fill="both", expand=True)
+        self.list_frame = ttk.Frame(body, width=200)
+        self.file_list = tk.Listbox(self.list_frame, activestyle="dotbox", exportselection=False)
+        self.file_list.pack(fill="both", expand=True)
+        self.file_list.bind("<<ListboxSelect>>", self._on_list_select)
+        self.canvas = tk.Canvas(body, background="#101010", highlightthickness=0, cursor="crosshair")
+        self.panel = ttk.Frame(body, width=PANEL_WIDTH, padding=8)
+        body.add(self.list_frame, weight=0)
+        body.add(self.canvas, weight=1)
+        body.add(self.panel, weight=0)
+        self.body = body
+        body.forget(self.list_frame)  # shown when a folder is opened
+        self._list_visible = False
+
+        ttk.Label(self.panel, text="Image", font=("TkDefaultFont", 11, "bold")).pack(anchor="w")
+        self.info_text = tk.Text(self.panel, width=38, height=10, wrap="word", relief="flat",
+                                 background=self.root.cget("background"), font=("TkDefaultFont", 9))
+        self.info_text.pack(fill="x")
+        self.info_text.tag_configure("key", foreground="#555555")
+        self.info_text.tag_configure("warn", foreground="#b36b00")
+        self.info_text.tag_configure("error", foreground="#c00000")
+        self.info_text.configure(state="disabled")
+        ttk.Separator(self.panel).pack(fill="x", pady=6)
+        self.results = ResultsPanel(self.panel, width=PANEL_WIDTH - 16)
+        self.results.pack(fill="x")
+        ov = ttk.LabelFrame(self.panel, text="Overlays", padding=4)
+        ov.pack(fill="x", pady=6)
+        self.layer_vars = {name: tk.BooleanVar(value=on) for name, on in self.session.layers.items()}
+        for i, (text, var) in enumerate(zip(LAYER_LABELS, self.layer_vars.values())):
+            ttk.Checkbutton(ov, text=text, variable=var, command=self._overlay_changed).grid(row=i // 2, column=i % 2,
+                                                                                             sticky="w")
+        ttk.Label(ov, text="Opacity:").grid(row=2, column=0, sticky="w")
+        self.alpha_var = tk.DoubleVar(value=self.settings.overlay_alpha)
+        ttk.Scale(ov, from_=0.05, to=1.0, variable=self.alpha_var, command=lambda v: self._overlay_changed()).grid(
+            row=2, column=1, sticky="ew")
+        ttk.Label(self.panel, text=RESEARCH_NOTICE, wraplength=PANEL_WIDTH - 20, foreground="#a00000",
+                  justify="left").pack(anchor="w", side="bottom")
+
+        self.canvas.bind("<Configure>", lambda e: self._on_resize(e.width, e.height))
+        self.canvas.bind("<ButtonPress-1>", self._left_down)
+        self.canvas.bind("<B1-Motion>", self._left_drag)
+        self.canvas.bind("<ButtonRelease-1>", self._left_up)
+        self.canvas.bind("<ButtonPress-3>", self._right_down)
+        self.canvas.bind("<B3-Motion>", self._right_drag)
+        self.canvas.bind("<Motion>", self._motion)
+        self.canvas.bind("<MouseWheel>", self._wheel)
+        self.canvas.bind("<Button-4>", lambda e: self._wheel_at(e.x, e.y, ZOOM_STEP))
+        self.canvas.bind("<Button-5>", lambda e: self._wheel_at(e.x, e.y, 1 / ZOOM_STEP))
+
+    def _bind_keys(self) -> None:
+        r = self.root
+        r.bind("<Control-o>", lambda e: self.ask_open())
+        r.bind("<Control-O>", lambda e: self.ask_open_folder())
+        r.bind("<Control-q>", lambda e: self.quit())
+        r.bind("<Control-e>", lambda e: self.ask_export_png())
+        r.bind("<Control-p>", lambda e: self.ask_export_pdf())
+        r.bind("<Control-h>", lambda e: self.show_history())
+        r.bind("<Control-b>", lambda e: self.show_batch())
+        r.bind("<Control-comma>", lambda e: self.show_settings())
+        r.bind("<Control-Return>", lambda e: self.analyze())
+        r.bind("<Control-period>", lambda e: self.cancel_analysis())
+        plain = {
+            "f": self.fit, "1": self.one_to_one, "plus": lambda: self.zoom(ZOOM_STEP), "equal": lambda: self.zoom(ZOOM_STEP),
+            "minus": lambda: self.zoom(1 / ZOOM_STEP), "r": lambda: self.rotate(1), "R": lambda: self.rotate(-1),
+            "h": self.flip_h, "v": self.flip_v, "i": self.toggle_invert, "w": self.next_window, "m": self.toggle_ruler,
+            "c": self.clear_rulers, "t": self.show_tags, "Escape": self.reset_view, "F1": lambda: dialogs.show_shortcuts(self.root),
+            "Up": lambda: self.step_file(-1), "Down": lambda: self.step_file(1), "Prior": lambda: self.step_file(-1),
+            "Next": lambda: self.step_file(1), "a": self.analyze, "l": lambda: self._toggle("lungs"),
+            "o": lambda: self._toggle("opacity"), "b": lambda: self._toggle("boxes"),
+            "g": lambda: self._toggle("heatmap"), "KP_Add": lambda: self.zoom(ZOOM_STEP), "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP),
+        }
+        for key, fn in plain.items():
+            r.bind(f"<KeyPress-{key}>", lambda e, fn=fn: self._key(e, fn))
+
+    def _key(self, event: tk.Event, fn: Any) -> str | None:
+        # Do not steal keys typed into entries/comboboxes.
+        if isinstance(event.widget, (tk.Entry, ttk.Entry, ttk.Combobox, tk.Text)) and event.widget is not self.info_text:
+            return None
+        fn()
+        return "break"
+
+    def _enable_drop(self) -> None:
+        if not hasattr(self.root, "drop_target_register"):
+            return
+        try:
+            from tkinterdnd2 import DND_FILES
+
+            self.canvas.drop_target_register(DND_FILES)
+            self.canvas.dnd_bind("<<Drop>>", self._on_drop)
+        except Exception as exc:  # tkdnd missing for this platform: keep the other ways to open
+            log.info("drag and drop unavailable: %s", exc)
+
+    def _on_drop(self, event: Any) -> str:
+        paths = [Path(p) for p in self.root.tk.splitlist(event.data)]
+        if paths:
+            self.open_any(paths[0])
+        return "copy"
+
+    def _write_info(self, rows: list[tuple[str, str]]) -> None:
+        self.info_text.configure(state="normal")
+        self.info_text.delete("1.0", "end")
+        for text, tag in rows:
+            self.info_text.insert("end", text if text.endswith("\n") else text + "\n", (tag,) if tag else ())
+        self.info_text.configure(state="disabled")
+
+    def info_contents(self) -> str:
+        return self.info_text.get("1.0", "end")
+
+    def set_status(self, text: str) -> None:
+        self.status_var.set(text)
+
+
+def create_root() -> tk.Tk:
+    """A Tk root with drag & drop when tkinterdnd2 is installed."""
+    try:
+        from tkinterdnd2 import TkinterDnD
+
+        return TkinterDnD.Tk()
+    except Exception as exc:  # ImportError or a tkdnd binary missing for this platform
+        log.info("tkinterdnd2 unavailable (%s); drag & drop disabled", exc)
+        return tk.Tk()
