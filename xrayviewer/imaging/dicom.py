@@ -233,7 +233,7 @@ def _not_a_radiograph(ds: Any, photometric: str, spp: int, source: str) -> NotAR
     photo = photometric or "(missing)"
     return NotARadiographError(
         f"not a radiograph: {what} (photometric interpretation {photo}, {spp} sample(s) per pixel); "
-        "only greyscale radiographs (MONOCHROME1/2) are analysed",
+        "only greyscale radiographs (MONOCHROME1/2) are supported",
         source, reason=f"Not a radiograph: {what} (photometric interpretation {photo}).")
 
 
