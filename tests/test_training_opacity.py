@@ -302,3 +302,22 @@ def test_positive_fraction_oversamples_films_with_a_mask() -> None:
     assert 0.4 < share(make_dataset(x, y, 10, True, seed=1, positive_fraction=0.5)) < 0.6
     with pytest.raises(ValueError):
         make_dataset(x, np.zeros_like(y), 10, True, positive_fraction=0.5)
+
+
+def test_focal_tversky_loss_rewards_lesions_and_stays_finite_on_empty_films() -> None:
+    """The Tversky term counts only on films with a lesion: on an empty mask its focal
+    gradient grows without bound as the prediction empties (a trial run went silent)."""
+    import tensorflow as tf
+
+    from xrayviewer.training.pipeline import focal_tversky_bce_loss
+
+    y = np.zeros((2, 32, 32, 1), np.float32)
+    y[0, 10:14, 10:14] = 1.0  # a small lesion on film 0, film 1 empty
+    silent = np.full_like(y, 1e-4)
+    right = np.where(y > 0, 0.95, 1e-4).astype(np.float32)
+    assert float(focal_tversky_bce_loss(y, right)) < float(focal_tversky_bce_loss(y, silent)) - 0.5
+    p = tf.Variable(np.full((1, 32, 32, 1), 1e-6, np.float32))
+    with tf.GradientTape() as tape:
+        loss = focal_tversky_bce_loss(tf.zeros((1, 32, 32, 1)), p)
+    g = tape.gradient(loss, p).numpy()
+    assert np.isfinite(g).all() and np.abs(g).max() < 1.0

@@ -58,7 +58,14 @@ from .export_common import (
     write_card,
     write_segmentation_eval,
 )
-from .lung_task import AUGMENTATION_ROBUST, _source_counts, hardware_info, library_versions, prepare_run
+from .lung_task import (
+    AUGMENTATION_ROBUST,
+    _preprocessing_text,
+    _source_counts,
+    hardware_info,
+    library_versions,
+    prepare_run,
+)
 from .metrics import aggregate, segmentation_metrics, time_call
 from .splits import read_split, rel_key, select
 
@@ -816,10 +823,16 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "task": "ground-glass / consolidation opacity segmentation (COVID-QU-Ex infection convention)",
         "architecture": meta["architecture"], "variant": meta["variant"], "params": meta["params"],
         "input_size": meta["input_size"],
-        "preprocessing": "xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, "
-                         "squash-resize (area) to input_size x input_size, shape (S, S, 1)",
+        "input_normalization": meta.get("input_normalization", LEGACY),
+        "input_crop": meta.get("input_crop", "none"),
+        **({"crop_margin": meta["crop_margin"], "crop_lung_model": meta.get("crop_lung_model")}
+           if meta.get("input_crop") == "lung-box" else {}),
+        "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY))
+        + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.opacity.lung_box, "
+           f"margin {meta.get('crop_margin')} of the box on each side) before the resize"
+           if meta.get("input_crop") == "lung-box" else ""),
         "output": "sigmoid probability of opacity per pixel, (S, S, 1) float32; resized back to the "
-                  "image with mask_to_full_resolution, restricted to the lung labels of lung_unet, "
+                  "image (or the lung box, pasted into a zero map) with mask_to_full_resolution, restricted to the lung labels of lung_unet, "
                   "thresholded, components smaller than min_region_fraction of the image dropped "
                   "(xrayviewer.opacity.analyze_probability)",
         "threshold": summary["threshold"], "threshold_tuning": summary.get("threshold_tuning"),
@@ -835,7 +848,11 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
                            "lung field; all-zero masks on Normal and Non-COVID films",
         "training_data": {
             "source": "COVID-QU-Ex Infection Segmentation Data (infection masks, all three classes), "
-                      "shared/data/covid-qu-ex",
+                      "shared/data/covid-qu-ex"
+                      + ("; empty-mask negatives: NIH No_findings and Pneumonia, ieee8023 'No Finding' frontal "
+                         "films (train part of the patient-disjoint split); Shenzhen films never used"
+                         if meta.get("negatives") else ""),
+            "train_sources": meta.get("train_sources"),
             "train": "Train folder minus near-duplicates of Val images", "validation": "Val folder",
             "n_train": meta["n_train"], "n_val": meta["n_val"], "train_classes": meta["train_classes"],
             "val_classes": meta["val_classes"], "train_fraction": meta["train_fraction"],

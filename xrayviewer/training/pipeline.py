@@ -192,12 +192,15 @@ def dice_bce_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 
 def focal_tversky_bce_loss(y_true: tf.Tensor, y_pred: tf.Tensor, alpha: float = 0.7,
                            beta: float = 0.3, gamma: float = 0.75, smooth: float = 1.0) -> tf.Tensor:
-    """Focal Tversky (Abraham & Khan 2019) per film + BCE.
+    """Focal Tversky (Abraham & Khan 2019) over the films that have a lesion, + BCE over all.
 
     alpha > beta weighs missed lesion pixels over false ones, and the focal exponent
     (gamma < 1) keeps the gradient of a film whose small lesion is still mostly missed
     large, where a pooled Dice lets big lesions dominate. Per film, so a tiny lesion counts
-    as much as a lung-wide one; BCE keeps early gradients stable.
+    as much as a lung-wide one. Films without a lesion are left to the BCE: on an empty
+    mask the Tversky index is 1 / (beta * sum(p) + 1), and with gamma < 1 its gradient grows
+    without bound as the prediction empties, which silenced the whole generator in a trial
+    run (COVID films went blank within two epochs).
     """
     y_true = tf.cast(y_true, tf.float32)
     y_pred = tf.cast(y_pred, tf.float32)
@@ -205,7 +208,8 @@ def focal_tversky_bce_loss(y_true: tf.Tensor, y_pred: tf.Tensor, alpha: float = 
     fn = tf.reduce_sum(y_true * (1.0 - y_pred), axis=(1, 2, 3))
     fp = tf.reduce_sum((1.0 - y_true) * y_pred, axis=(1, 2, 3))
     tversky = (tp + smooth) / (tp + alpha * fn + beta * fp + smooth)
-    ft = tf.reduce_mean(tf.pow(1.0 - tversky, gamma))
+    lesion = tf.cast(tf.reduce_sum(y_true, axis=(1, 2, 3)) > 0.5, tf.float32)
+    ft = tf.reduce_sum(lesion * tf.pow(1.0 - tversky, gamma)) / tf.maximum(tf.reduce_sum(lesion), 1.0)
     bce = tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred))
     return ft + bce
 
