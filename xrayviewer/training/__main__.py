@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: bundled)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "source_eval.json")
+    p.add_argument("--into-cards", action="store_true",
+                   help="also write the table into the lung and opacity cards (per_source_evaluation)")
 
     p = sub.add_parser("compare-normalizations",
                        help="invariance and source gap of candidate model-input normalisations")
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "evaluate-sources":
         from .source_eval import run as evaluate_sources
 
-        evaluate_sources(args.data_dir, args.split, args.out, args.models_dir, args.max_images)
+        evaluate_sources(args.data_dir, args.split, args.out, args.models_dir, args.max_images,
+                         args.into_cards)
         print(args.out.with_suffix(".md").read_text())
         return 0
     if args.cmd == "compare-normalizations":

@@ -110,7 +110,7 @@ def summarize(source: str, subset: str, rows: list[dict[str, Any]], note: str = 
 
 
 def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = None,
-        max_images: int | None = None) -> dict[str, Any]:
+        max_images: int | None = None, into_cards: bool = False) -> dict[str, Any]:
     """Evaluate every source; write ``out`` (JSON with per-film rows) and a Markdown table."""
     from ..imaging import load_image
     from ..lung import LungSegmenter
@@ -176,7 +176,21 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(table))
     log.info("wrote %s", out)
+    if into_cards:
+        for card in (segmenter.card, detector.card):
+            write_into_card(card.directory / "card.json", result)
     return result
+
+
+def write_into_card(card_path: Path, result: dict[str, Any]) -> None:
+    """Put the per-source table (not the per-film rows) into a model card: the figures go
+    with the model they describe. The weights and their hash are untouched."""
+    card = json.loads(card_path.read_text())
+    card["per_source_evaluation"] = {
+        "command": "python -m xrayviewer.training evaluate-sources", "models": result["models"],
+        "split": result["split"], "table": result["table"]}
+    card_path.write_text(json.dumps(card, indent=1, default=float))
+    log.info("per-source table written into %s", card_path)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
