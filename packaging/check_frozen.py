@@ -94,7 +94,7 @@ def check(bundle: Path, data: Path) -> dict[str, float]:
         out_dir = Path(tmp) / "out"
         home = Path(tmp) / "home"
         _, analyze_s = _run([str(cli), "analyze", *map(str, files), "--out", str(out_dir),
-                             "--format", "csv,json,png,pdf", "--quiet"],
+                             "--format", "csv,json,png,pdf,dicom", "--quiet"],
                             XRAYVIEWER_HISTORY_DB=str(home / "history.sqlite"),
                             XRAYVIEWER_CONFIG_DIR=str(home / "config"))
         rows = list(csv.DictReader((out_dir / "results.csv").open(encoding="utf-8")))
@@ -111,6 +111,9 @@ def check(bundle: Path, data: Path) -> dict[str, float]:
             raise CheckFailed(f"COVID film not scored: {covid}")
         pdfs = list(out_dir.rglob("*.pdf"))
         overlays = list(out_dir.rglob("*.overlay.png"))
+        segs = list(out_dir.rglob("*.seg.dcm"))  # de-identified by the table the bundle must carry
+        if len(segs) != 2:
+            raise CheckFailed(f"expected the SEG of the two chest DICOMs, got {sorted(p.name for p in segs)}")
         if not pdfs or not overlays or any(p.stat().st_size == 0 for p in pdfs + overlays):
             raise CheckFailed(f"missing outputs: {sorted(p.name for p in out_dir.rglob('*'))}")
     size = _size_mb(bundle)
