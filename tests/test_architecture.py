@@ -22,7 +22,7 @@ PKG = Path(__file__).resolve().parents[1] / "xrayviewer"
 # The launcher decides between CLI and window; it alone may import the GUI (lazily).
 COMPOSITION_ROOTS = {"xrayviewer.launcher"}
 # The viewer's state/logic and its task mechanism: Tk-free, so they are tested without a display.
-TK_FREE_GUI = {"xrayviewer.gui.session", "xrayviewer.gui.worker"}
+TK_FREE_GUI = {"xrayviewer.gui.session", "xrayviewer.gui.worker", "xrayviewer.gui.readout"}
 MAX_GUI_MODULE_LINES = 600
 
 

@@ -40,6 +40,9 @@ class Settings:
     lung_colors: tuple[str, str] = ("#33c3ff", "#ffb020")  # right, left
     opacity_color: str = "#ff3b3b"
     overlay_alpha: float = 0.45
+    theme: str = "dark"  # dark | light
+    ui_scale: float = 0.0  # 0 = from the screen's DPI; else 1.0, 1.25, 1.5, 2.0
+    show_identifying: bool = False  # patient/study text on the image corners
 
     # ---- persistence ------------------------------------------------------------------
     @classmethod

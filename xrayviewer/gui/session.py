@@ -27,6 +27,7 @@ from ..inference.result import AnalysisResult
 from ..rendering import ViewState, measure, render_view, wl_from_drag
 from ..rendering.overlay import OverlayOptions, blend, compose_overlay, encode_png, hex_to_rgb, view_layer
 from ..settings import Settings
+from . import readout
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class ViewerSession:
         self.inside: np.ndarray | None = None  # canvas pixels that show the image
         self._layer_key: Any = None
         self._layer: np.ndarray | None = None
+        self.caption: str | None = None  # a line under the corner text (the compare view's "previous analysis")
+        self.badges: dict[str, str] = {}  # resolved path -> thumbnail badge (readout.BADGES)
 
     # ------------------------------------------------------------------ image
     def open(self, path: Path, image: XRayImage, canvas_size: tuple[int, int]) -> None:
@@ -103,6 +106,7 @@ class ViewerSession:
     def close(self) -> None:
         self.forget_analysis()
         self.image = self.state = None
+        self.caption = None
 
     def default_window_for(self, image: XRayImage) -> WindowPreset:
         """The image's window according to the user's default-window setting."""
@@ -311,6 +315,30 @@ class ViewerSession:
         """Colours in the settings changed: the cached overlay layer is stale."""
         self._layer_key = None
 
+    def annotations(self) -> tuple[dict[str, tuple[str, ...]], list[readout.LegendItem],
+                                   list[tuple[float, float, str]]] | None:
+        """What the canvas shows over the film: the four corners, the legend of the layers
+        drawn, and the opacity regions' labels (with the boxes); None when nothing is open."""
+        if self.image is None or self.state is None:
+            return None
+        corners = readout.corner_texts(self.image, window=self.window, state=self.state, user_invert=self.user_invert,
+                                       identifying=bool(self.settings.show_identifying), result=self.analysis,
+                                       caption=self.caption)
+        opts = self.overlay_options()
+        labels = (readout.region_labels(self.state, self.analysis, self.image.metadata.pixel_spacing)
+                  if opts.boxes else [])
+        return corners.as_dict(), readout.legend_items(opts, self.analysis), labels
+
+    def follow(self, other: ViewerSession) -> bool:
+        """Take ``other``'s zoom, pan, rotation, flips, window and inversion (linked compare
+        views); False when either has no image."""
+        if self.state is None or other.state is None or self.image is None or other.image is None:
+            return False
+        self.state = readout.linked_state(other.state, self.state)
+        self.window = readout.linked_window(other.window, other.image, self.image) or self.window
+        self.user_invert = other.user_invert
+        return True
+
     # ------------------------------------------------------------------ analysis
     def get_analyzer(self) -> Any:
         if self.analyzer is None:
@@ -329,6 +357,8 @@ class ViewerSession:
         self.analysis = result
         self._layer_key = None
         self.remember(result)
+        if self.path is not None:
+            self.badges[str(Path(self.path).resolve())] = readout.badge_kind(result.to_record())
         if result.gate.accepted:
             sev = f", severity {result.severity}" if result.severity else ""
             return f"Analysed in {result.total_seconds:.2f} s: highest score {result.predicted_class}{sev}"
@@ -356,10 +386,50 @@ class ViewerSession:
             self.history_id = None
 
     def record_batch_row(self, row: dict) -> None:
+        if row.get("path"):
+            self.badges[str(Path(row["path"]).resolve())] = readout.badge_kind(row)
         try:
             self.get_history().record(row, origin="batch")
         except Exception as exc:
             log.warning("could not record in history: %s", exc)
+
+    def badge_for(self, path: Path) -> str | None:
+        return self.badges.get(str(Path(path).resolve()))
+
+    def load_badges(self, paths: list[Path]) -> None:
+        """Badges of earlier analyses (any origin) of these files, from the history."""
+        if not paths:
+            return
+        wanted = {str(Path(p).resolve()) for p in paths}
+        try:
+            entries = self.get_history().entries(search=str(Path(paths[0]).resolve().parent), limit=5000)
+        except Exception as exc:  # the history must never break browsing
+            log.warning("history unavailable for badges: %s", exc)
+            return
+        for e in reversed(entries):  # oldest first: the latest analysis wins
+            key = str(Path(e.input_path).resolve())
+            if key in wanted:
+                self.badges[key] = readout.badge_kind(e.record)
+
+    def previous_analysis(self) -> Any:
+        """The history entry to show beside the open film: this film's latest earlier
+        analysis (same file hash or path), else the latest analysis of another film still on
+        disk; None when there is none."""
+        if self.path is None or self.image is None:
+            return None
+        me, sha = str(Path(self.path).resolve()), self.image.file_sha256
+        try:
+            entries = self.get_history().entries(limit=500)
+        except Exception as exc:
+            log.warning("history unavailable: %s", exc)
+            return None
+
+        def mine(e: Any) -> bool:
+            return (bool(sha) and e.input_sha256 == sha) or str(Path(e.input_path).resolve()) == me
+
+        same = [e for e in entries if mine(e) and e.id != self.history_id]
+        others = [e for e in entries if not mine(e) and Path(e.input_path).is_file()]
+        return (same or others or [None])[0]
 
     def settings_changed(self) -> str:
         """Apply saved settings; returns the status line."""
