@@ -25,6 +25,7 @@ def app(display: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from xrayviewer.gui.app import ViewerApp, create_root
 
     monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "history.sqlite3"))
+    monkeypatch.setenv("XRAYVIEWER_CACHE_DIR", str(tmp_path / "cache"))
     root = create_root()
     settings = Settings()
     settings.accept_notice()
@@ -170,7 +171,7 @@ def test_folder_browsing_with_arrow_keys(app, dicom_dir: Path) -> None:
     assert app.session.path.name == "CT_small.dcm"
     app.step_file(1)
     pump(app, lambda: app.session.path is not None and app.session.path.name == "MR_small.dcm")
-    assert app.file_list.curselection() == (1,)
+    assert app.thumbs.selected == 1
 
 
 def test_redraw_is_fast_enough_for_interaction(app, dicom_dir: Path) -> None:

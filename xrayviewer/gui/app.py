@@ -25,7 +25,8 @@ from ..imaging.types import WindowPreset
 from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import AnalysisResult
 from ..settings import Settings
-from . import dialogs
+from . import annotate, dialogs, theme
+from .exports import ExportActions
 from .layout import ZOOM_STEP, ViewerLayout, create_root
 from .session import ViewerSession, error_text, list_images
 from .worker import BackgroundTasks
@@ -40,8 +41,8 @@ FILETYPES = [
 RULER_COLOUR = "#ffd400"
 
 
-class ViewerApp(ViewerLayout):
-    """Main window: toolbar, file list, canvas, info panel, status bar."""
+class ViewerApp(ViewerLayout, ExportActions):
+    """Main window: toolbar, thumbnails strip, film canvas (and the compare canvas), side panel, status bar."""
 
     def __init__(self, root: tk.Tk, settings: Settings, *, settings_path: Path | None = None,
                  analyzer: Any | None = None, load_models: bool = True) -> None:
@@ -64,8 +65,13 @@ class ViewerApp(ViewerLayout):
         self._cancel: CancelToken | None = None
         self._analyze_when_loaded: Path | None = None
 
+        theme.apply(root, settings.theme, scale=settings.ui_scale)
         self._build_menus()
         self._build_layout()
+        theme.apply(root, settings.theme, scale=settings.ui_scale)  # the widgets just made
+        from .compare import CompareView
+
+        self.compare = CompareView(self, self.compare_canvas)
         self._bind_keys()
         self._enable_drop()
         self.set_status("Open a DICOM, PNG, JPEG or TIFF file (Ctrl+O), or drop one here.")
@@ -92,16 +98,14 @@ class ViewerApp(ViewerLayout):
     def open_folder(self, folder: Path) -> None:
         files = list_images(folder)
         self.folder_files = files
-        self.file_list.delete(0, "end")
-        for f in files:
-            self.file_list.insert("end", f.name)
+        self.session.load_badges(files)
+        self.thumbs.set_files(files)
         if not self._list_visible:
             self.body.insert(0, self.list_frame, weight=0)
             self._list_visible = True
         if not files:
             self.set_status(f"{folder}: no readable images in this folder")
             return
-        self.file_list.selection_set(0)
         self.open_path(files[0])
 
     def open_path(self, path: Path) -> None:
@@ -130,6 +134,9 @@ class ViewerApp(ViewerLayout):
         if not isinstance(exc, XRayViewerError):
             msg += "; see the log"
         self.set_status(f"Could not open {path.name}: {msg}")
+        if path in self.folder_files:
+            self.session.badges[str(path.resolve())] = "error"
+            self.thumbs.refresh_badges()
         self._write_info([("Could not open", ""), (str(path), ""), (msg, "error")])
 
     def close_image(self) -> None:
@@ -144,17 +151,15 @@ class ViewerApp(ViewerLayout):
     def step_file(self, delta: int) -> None:
         if not self.folder_files:
             return
-        sel = self.file_list.curselection()
-        i = max(0, min(len(self.folder_files) - 1, (sel[0] if sel else 0) + delta))
-        self.file_list.selection_clear(0, "end")
-        self.file_list.selection_set(i)
-        self.file_list.see(i)
+        sel = self.thumbs.selected
+        i = max(0, min(len(self.folder_files) - 1, (sel or 0) + delta))
+        self.thumbs.select(i)
         self.open_path(self.folder_files[i])
 
-    def _on_list_select(self, _event: Any) -> None:
-        sel = self.file_list.curselection()
-        if sel and self.folder_files and self.folder_files[sel[0]] != self.session.path:
-            self.open_path(self.folder_files[sel[0]])
+    def _on_thumb_select(self, i: int) -> None:
+        self.thumbs.select(i)
+        if self.folder_files[i] != self.session.path:
+            self.open_path(self.folder_files[i])
 
     def _refresh_recent_menu(self) -> None:
         self.recent_menu.delete(0, "end")
@@ -335,8 +340,11 @@ class ViewerApp(ViewerLayout):
 
         self._photo = ImageTk.PhotoImage(Image.fromarray(view), master=self.root)
         self.canvas.create_image(0, 0, image=self._photo, anchor="nw", tags=("image",))
+        annotate.draw_all(self.canvas, self.session)
         self._draw_rulers()
         self.zoom_var.set(f"{self.session.state.zoom * 100:.0f}%")
+        if self.compare.active:
+            self.compare.sync()
         self.last_render_ms = (time.perf_counter() - t0) * 1000
 
     def _draw_rulers(self) -> None:
@@ -368,7 +376,7 @@ class ViewerApp(ViewerLayout):
     def _models_failed(self, exc: BaseException) -> None:
         msg = self.session.models_failed(exc)
         self.models_var.set("Models: unavailable")
-        self.results.show_message(f"Analysis unavailable: {msg}. Viewing still works.", "#b00020")
+        self.results.show_message(f"Analysis unavailable: {msg}. Viewing still works.", "error")
         self.analyze_button.configure(state="disabled")
 
     def analyze(self) -> None:
@@ -412,6 +420,8 @@ class ViewerApp(ViewerLayout):
         self.progress_bar.configure(value=1.0)
         status = self.session.set_analysis(result)
         self.results.show(result)
+        if self.session.path in self.folder_files:
+            self.thumbs.refresh_badges()
         self.set_status(status)
         self.redraw()
 
@@ -422,7 +432,7 @@ class ViewerApp(ViewerLayout):
             self.results.show_message("Analysis cancelled.")
             return
         msg = error_text(exc, "analysis")
-        self.results.show_message(f"Analysis failed: {msg}", "#b00020")
+        self.results.show_message(f"Analysis failed: {msg}", "error")
         self.set_status(f"Analysis failed: {msg}")
 
     def _forget_analysis(self) -> None:
@@ -443,15 +453,73 @@ class ViewerApp(ViewerLayout):
 
     def _settings_changed(self) -> None:
         status = self.session.settings_changed()
+        theme.apply(self.root, self.settings.theme, scale=self.settings.ui_scale)
+        self.identifying_var.set(bool(self.settings.show_identifying))
         self.redraw()
         self.set_status(status)
+
+    def _identifying_changed(self) -> None:
+        self.settings.show_identifying = bool(self.identifying_var.get())
+        self.session.save_settings()
+        self.redraw()
+
+    # ------------------------------------------------------------------ compare
+    def toggle_compare(self) -> None:
+        """S: the film beside its previous analysis from the history; again: close."""
+        if self.compare.active:
+            self.close_compare()
+            return
+        if self.session.image is None:
+            self.set_status("Open a film first: compare shows it beside its previous analysis")
+            return
+        entry = self.session.previous_analysis()
+        if entry is None:
+            self.set_status("No previous analysis in the history to compare with; use View > Compare with "
+                            "another film")
+            return
+        from .readout import record_summary
+
+        path = Path(entry.input_path)
+        if not path.is_file():
+            path = self.session.path
+        self.show_compare(path, f"{entry.created_at[:16].replace('T', ' ')}: {record_summary(entry.record)}")
+
+    def ask_compare(self) -> None:
+        path = filedialog.askopenfilename(parent=self.root, title="Compare with", filetypes=FILETYPES)
+        if path:
+            self.show_compare(Path(path))
+
+    def show_compare(self, path: Path, caption: str | None = None) -> None:
+        if not self.compare.active:
+            self.compare_canvas.grid(row=0, column=1, sticky="nsew", padx=(2, 0))
+            self.view_area.columnconfigure(1, weight=1, uniform="films")
+            self.compare.active = True
+        self.compare.open(path, caption, on_done=self.redraw)
+
+    def close_compare(self) -> None:
+        if self.compare.active:
+            self.compare.active = False
+            self.compare.close()
+            self.compare_canvas.grid_remove()
+            self.view_area.columnconfigure(1, weight=0, uniform="")
+            self.set_status("Compare closed")
+
+    def sync_from_compare(self) -> None:
+        """The compare side led a zoom/pan: redraw the main view (which re-syncs the other)."""
+        self._sync_window_box()
+        self.schedule_redraw()
 
     def show_batch(self, folder: Path | None = None) -> Any:
         from .batch_dialog import BatchDialog
 
         start = folder or (self.folder_files[0].parent if self.folder_files else None)
         return BatchDialog(self.root, self.session.get_analyzer, self.settings, on_open=self.open_and_analyze,
-                           on_row=self.session.record_batch_row, folder=start)
+                           on_row=self._batch_row, folder=start)
+
+    def _batch_row(self, row: dict) -> None:
+        self.session.record_batch_row(row)
+        if self.folder_files:
+            self.thumbs.refresh_badges()
 
     def open_and_analyze(self, path: Path) -> None:
         """Open an image and analyse it as soon as it is loaded (batch table double-click)."""
@@ -477,57 +545,6 @@ class ViewerApp(ViewerLayout):
             self.session.layers[name] = bool(var.get())
         self.settings.overlay_alpha = float(self.alpha_var.get())
         self.schedule_redraw()
-
-    # ------------------------------------------------------------------ export
-    def ask_export_pdf(self) -> None:
-        if self.session.analysis is None:
-            self.set_status("Analyse the image first (A): a report needs an analysis")
-            return
-        self._ask_export("Export PDF report", ".report.pdf", ("PDF", "*.pdf"), self.session.pdf_export,
-                         "Report written")
-
-    def ask_export_png(self) -> None:
-        if self.session.image is None:
-            self.set_status("Nothing to export: open an image first")
-            return
-        self._ask_export("Export overlay PNG", ".overlay.png", ("PNG", "*.png"), self.session.png_export, "Exported")
-
-    def _ask_export(self, title: str, suffix: str, filetype: tuple[str, str],
-                    make_job: Callable[[Path], Callable[[], Path]], done: str) -> None:
-        """Save dialog (suggesting the session's de-identified name), then the export on a worker."""
-        path = filedialog.asksaveasfilename(parent=self.root, title=title, defaultextension=suffix[-4:],
-                                            initialfile=self.session.export_name(suffix), filetypes=[filetype])
-        if path:
-            self._export(Path(path), make_job, lambda out: self.set_status(f"{done}: {path}"))
-
-    def _export(self, path: Path, make_job: Callable[[Path], Callable[[], Path]],
-                on_done: Callable[[Path], None]) -> None:
-        try:
-            job = make_job(path)  # takes what it needs from the session, here on the Tk thread
-        except XRayViewerError as exc:
-            self._on_export_error(path, exc)
-            return
-        self.set_status("Exporting...")
-        self.tasks.submit("export", lambda post: job(), on_done, lambda exc: self._on_export_error(path, exc))
-
-    def _on_export_error(self, path: Path, exc: BaseException) -> None:
-        msg = str(exc) if isinstance(exc, (OSError, XRayViewerError)) else error_text(exc, "export")
-        self.set_status(f"Export failed: {msg}")
-        messagebox.showerror("Export failed", f"{path}: {msg}", parent=self.root)
-
-    def copy_to_clipboard(self) -> None:
-        """Tk's clipboard holds text only, portably: save the overlay PNG to a temp file and put
-        its path on the clipboard (paste it into a file dialog or a message)."""
-        if self.session.image is None:
-            return
-        import tempfile
-
-        def copied(path: Path) -> None:
-            self.root.clipboard_clear()
-            self.root.clipboard_append(str(path))
-            self.set_status(f"Overlay saved to {path}; its path is on the clipboard")
-
-        self._export(Path(tempfile.gettempdir()) / "xrayviewer-clipboard.png", self.session.png_export, copied)
 
     # ------------------------------------------------------------------ info panel
     def _show_info(self) -> None:

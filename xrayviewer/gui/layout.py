@@ -11,13 +11,15 @@ from tkinter import messagebox, ttk
 from typing import Any
 
 from .. import RESEARCH_NOTICE
-from . import dialogs
+from . import dialogs, theme
+from .readout import ThumbnailCache, default_cache_dir
 from .results_panel import ResultsPanel
+from .thumbs import ThumbStrip
 
 log = logging.getLogger(__name__)
 
 ZOOM_STEP = 1.25
-PANEL_WIDTH = 300
+PANEL_WIDTH = 330
 # The overlay check boxes, in the order of ViewerSession.layers (lungs, opacity, boxes, heatmap).
 LAYER_LABELS = ("Lung fields", "Opacity", "Opacity boxes", "Heatmap")
 
@@ -61,6 +63,15 @@ class ViewerLayout:
         view.add_command(label="Invert", accelerator="I", command=self.toggle_invert)
         view.add_separator()
         view.add_command(label="Reset view", accelerator="Esc", command=self.reset_view)
+        view.add_separator()
+        view.add_command(label="Compare with previous analysis", accelerator="S", command=self.toggle_compare)
+        view.add_command(label="Compare with another film...", command=self.ask_compare)
+        view.add_command(label="Close compare", command=self.close_compare)
+        view.add_separator()
+        self.identifying_var = tk.BooleanVar(value=bool(self.settings.show_identifying))
+        view.add_checkbutton(label="Patient and study data on the image", variable=self.identifying_var,
+                             command=self._identifying_changed)
+        view.add_command(label="Analysis details", accelerator="D", command=lambda: self.results.toggle_details())
         m.add_cascade(label="View", menu=view)
 
         analysis = tk.Menu(m, tearoff=False)
@@ -87,77 +98,91 @@ class ViewerLayout:
         self._refresh_recent_menu()
 
     def _build_layout(self) -> None:
-        bar = ttk.Frame(self.root, padding=(6, 4))
+        k = theme.px(self.root, 1)
+        bar = ttk.Frame(self.root, padding=(6 * k, 4 * k), style="Toolbar.TFrame")
         bar.pack(side="top", fill="x")
         for text, cmd in (
-            ("Open", self.ask_open), ("Folder", self.ask_open_folder), ("Fit", self.fit), ("1:1", self.one_to_one),
-            ("Rotate", lambda: self.rotate(1)), ("Flip", self.flip_h), ("Invert", self.toggle_invert),
-            ("Tags", self.show_tags),
+            ("Open", self.ask_open), ("Folder", self.ask_open_folder), ("⤢ Fit", self.fit), ("1:1", self.one_to_one),
+            ("⟳ Rotate", lambda: self.rotate(1)), ("⇆ Flip", self.flip_h), ("◐ Invert", self.toggle_invert),
+            ("Tags", self.show_tags), ("◫ Compare", self.toggle_compare),
         ):
-            ttk.Button(bar, text=text, command=cmd, width=7).pack(side="left", padx=1)
-        self.analyze_button = ttk.Button(bar, text="Analyze", command=self.analyze, width=9)
-        self.analyze_button.pack(side="left", padx=(10, 1))
-        self.cancel_button = ttk.Button(bar, text="Cancel", command=self.cancel_analysis, width=7, state="disabled")
+            ttk.Button(bar, text=text, command=cmd, takefocus=0, style="Tool.TButton").pack(side="left", padx=1)
+        self.analyze_button = ttk.Button(bar, text="▶ Analyze", command=self.analyze, style="Accent.TButton",
+                                         takefocus=0)
+        self.analyze_button.pack(side="left", padx=(10 * k, 1))
+        self.cancel_button = ttk.Button(bar, text="■ Cancel", command=self.cancel_analysis, state="disabled",
+                                        takefocus=0, style="Tool.TButton")
         self.cancel_button.pack(side="left", padx=1)
-        self.progress_bar = ttk.Progressbar(bar, length=120, mode="determinate", maximum=1.0)
-        self.progress_bar.pack(side="left", padx=4)
+        self.progress_bar = ttk.Progressbar(bar, length=110 * k, mode="determinate", maximum=1.0)
+        self.progress_bar.pack(side="left", padx=4 * k)
         self.ruler_var = tk.BooleanVar(value=False)
-        ttk.Checkbutton(bar, text="Ruler", variable=self.ruler_var, command=self._ruler_from_var).pack(side="left", padx=6)
-        ttk.Label(bar, text="Window:").pack(side="left", padx=(12, 2))
+        ttk.Checkbutton(bar, text="Ruler", variable=self.ruler_var, command=self._ruler_from_var,
+                        style="Panel.TCheckbutton", takefocus=0).pack(side="left", padx=6 * k)
         self.window_var = tk.StringVar()
-        self.window_box = ttk.Combobox(bar, textvariable=self.window_var, state="readonly", width=30)
-        self.window_box.pack(side="left")
+        self.window_box = ttk.Combobox(bar, textvariable=self.window_var, state="readonly", width=28)
+        self.window_box.pack(side="right")
+        ttk.Label(bar, text="Window", style="Muted.TLabel").pack(side="right", padx=(12 * k, 4 * k))
         self.window_box.bind("<<ComboboxSelected>>", lambda e: self.select_window(self.window_var.get()))
 
-        status = ttk.Frame(self.root, padding=(6, 2))
+        status = ttk.Frame(self.root, padding=(6 * k, 2 * k), style="Toolbar.TFrame")
         status.pack(side="bottom", fill="x")
         self.status_var = tk.StringVar()
         self.pixel_var = tk.StringVar()
         self.zoom_var = tk.StringVar()
-        ttk.Label(status, textvariable=self.status_var, anchor="w").pack(side="left", fill="x", expand=True)
-        ttk.Label(status, textvariable=self.pixel_var, anchor="e", width=44).pack(side="right")
-        ttk.Label(status, textvariable=self.zoom_var, anchor="e", width=10).pack(side="right")
+        ttk.Label(status, textvariable=self.status_var, anchor="w", style="Status.TLabel").pack(
+            side="left", fill="x", expand=True)
+        ttk.Label(status, textvariable=self.pixel_var, anchor="e", width=40, style="Status.TLabel").pack(side="right")
+        ttk.Label(status, textvariable=self.zoom_var, anchor="e", width=8, style="Status.TLabel").pack(side="right")
         self.models_var = tk.StringVar(value="Models: not loaded")
-        ttk.Label(status, textvariable=self.models_var, anchor="e").pack(side="right", padx=8)
+        ttk.Label(status, textvariable=self.models_var, anchor="e", style="Status.TLabel").pack(side="right", padx=8)
 
         body = ttk.PanedWindow(self.root, orient="horizontal")
         body.pack(fill="both", expand=True)
-        self.list_frame = ttk.Frame(body, width=200)
-        self.file_list = tk.Listbox(self.list_frame, activestyle="dotbox", exportselection=False)
-        self.file_list.pack(fill="both", expand=True)
-        self.file_list.bind("<<ListboxSelect>>", self._on_list_select)
-        self.canvas = tk.Canvas(body, background="#101010", highlightthickness=0, cursor="crosshair")
-        self.panel = ttk.Frame(body, width=PANEL_WIDTH, padding=8)
+        self.list_frame = ThumbStrip(body, self.tasks, on_select=self._on_thumb_select, badge_for=self.session.badge_for,
+                                     cache=ThumbnailCache(default_cache_dir()))
+        self.thumbs = self.list_frame
+        self.view_area = ttk.Frame(body)
+        self.view_area.rowconfigure(0, weight=1)
+        self.view_area.columnconfigure(0, weight=1, uniform="films")
+        self.canvas = tk.Canvas(self.view_area, highlightthickness=0, cursor="crosshair")
+        self.canvas.theme_role = "film"
+        self.canvas.grid(row=0, column=0, sticky="nsew")
+        self.compare_canvas = tk.Canvas(self.view_area, highlightthickness=0, cursor="fleur")
+        self.compare_canvas.theme_role = "film"
+        self.panel = ttk.Frame(body, width=PANEL_WIDTH * k, padding=10 * k, style="Panel.TFrame")
         body.add(self.list_frame, weight=0)
-        body.add(self.canvas, weight=1)
+        body.add(self.view_area, weight=1)
         body.add(self.panel, weight=0)
         self.body = body
         body.forget(self.list_frame)  # shown when a folder is opened
         self._list_visible = False
 
-        ttk.Label(self.panel, text="Image", font=("TkDefaultFont", 11, "bold")).pack(anchor="w")
-        self.info_text = tk.Text(self.panel, width=38, height=10, wrap="word", relief="flat",
-                                 background=self.root.cget("background"), font=("TkDefaultFont", 9))
-        self.info_text.pack(fill="x")
-        self.info_text.tag_configure("key", foreground="#555555")
-        self.info_text.tag_configure("warn", foreground="#b36b00")
-        self.info_text.tag_configure("error", foreground="#c00000")
-        self.info_text.configure(state="disabled")
-        ttk.Separator(self.panel).pack(fill="x", pady=6)
-        self.results = ResultsPanel(self.panel, width=PANEL_WIDTH - 16)
+        # The intended-use notice is packed first: it keeps its place whatever the panel holds.
+        ttk.Label(self.panel, text=RESEARCH_NOTICE, wraplength=(PANEL_WIDTH - 20) * k, style="Notice.TLabel",
+                  justify="left").pack(anchor="w", side="bottom", pady=(6 * k, 0))
+        self.results = ResultsPanel(self.panel, width=(PANEL_WIDTH - 20) * k)
         self.results.pack(fill="x")
-        ov = ttk.LabelFrame(self.panel, text="Overlays", padding=4)
-        ov.pack(fill="x", pady=6)
+        ttk.Separator(self.panel).pack(fill="x", pady=8 * k)
+        ov = ttk.Frame(self.panel, style="Panel.TFrame")
+        ov.pack(fill="x")
+        ttk.Label(ov, text="Overlays", style="Heading.TLabel").grid(row=0, column=0, columnspan=2, sticky="w")
         self.layer_vars = {name: tk.BooleanVar(value=on) for name, on in self.session.layers.items()}
         for i, (text, var) in enumerate(zip(LAYER_LABELS, self.layer_vars.values())):
-            ttk.Checkbutton(ov, text=text, variable=var, command=self._overlay_changed).grid(row=i // 2, column=i % 2,
-                                                                                             sticky="w")
-        ttk.Label(ov, text="Opacity:").grid(row=2, column=0, sticky="w")
+            ttk.Checkbutton(ov, text=text, variable=var, command=self._overlay_changed, style="Panel.TCheckbutton",
+                            takefocus=0).grid(row=1 + i // 2, column=i % 2, sticky="w", pady=1)
+        ttk.Label(ov, text="Opacity", style="Muted.TLabel").grid(row=3, column=0, sticky="w")
         self.alpha_var = tk.DoubleVar(value=self.settings.overlay_alpha)
-        ttk.Scale(ov, from_=0.05, to=1.0, variable=self.alpha_var, command=lambda v: self._overlay_changed()).grid(
-            row=2, column=1, sticky="ew")
-        ttk.Label(self.panel, text=RESEARCH_NOTICE, wraplength=PANEL_WIDTH - 20, foreground="#a00000",
-                  justify="left").pack(anchor="w", side="bottom")
+        ttk.Scale(ov, from_=0.05, to=1.0, variable=self.alpha_var, takefocus=0,
+                  command=lambda v: self._overlay_changed()).grid(row=3, column=1, sticky="ew")
+        ov.columnconfigure(1, weight=1)
+        ttk.Separator(self.panel).pack(fill="x", pady=8 * k)
+        ttk.Label(self.panel, text="Image", style="Heading.TLabel").pack(anchor="w")
+        self.info_text = tk.Text(self.panel, width=38, height=9, wrap="word", relief="flat", borderwidth=0,
+                                 highlightthickness=0, font=("TkDefaultFont", 9))
+        self.info_text.theme_role = "panel"
+        self.info_text.pack(fill="x")
+        self.info_text.tag_configure("bold", font=("TkDefaultFont", 9, "bold"))
+        self.info_text.configure(state="disabled")
 
         self.canvas.bind("<Configure>", lambda e: self._on_resize(e.width, e.height))
         self.canvas.bind("<ButtonPress-1>", self._left_down)
@@ -190,7 +215,8 @@ class ViewerLayout:
             "Up": lambda: self.step_file(-1), "Down": lambda: self.step_file(1), "Prior": lambda: self.step_file(-1),
             "Next": lambda: self.step_file(1), "a": self.analyze, "l": lambda: self._toggle("lungs"),
             "o": lambda: self._toggle("opacity"), "b": lambda: self._toggle("boxes"),
-            "g": lambda: self._toggle("heatmap"), "KP_Add": lambda: self.zoom(ZOOM_STEP), "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP),
+            "g": lambda: self._toggle("heatmap"), "KP_Add": lambda: self.zoom(ZOOM_STEP),
+            "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP), "s": self.toggle_compare, "d": self.results.toggle_details,
         }
         for key, fn in plain.items():
             r.bind(f"<KeyPress-{key}>", lambda e, fn=fn: self._key(e, fn))
@@ -235,6 +261,7 @@ class ViewerLayout:
 
 def create_root() -> tk.Tk:
     """A Tk root with drag & drop when tkinterdnd2 is installed."""
+    theme.enable_dpi_awareness()
     try:
         from tkinterdnd2 import TkinterDnD
 

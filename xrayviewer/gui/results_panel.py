@@ -1,5 +1,7 @@
-"""The analysis side panel: gate verdict, calibrated probabilities as bars with the
-operating point, per-lung involvement, severity, regions, timings, model versions."""
+"""The analysis side panel, most important first: a one-line plain-language summary (or the
+gate's refusal as a banner with its reason), the calibrated probabilities as bars with the
+operating point, opacity involvement and severity; timings, gate scores and model versions
+folded under "Details" (button or ``D``)."""
 
 from __future__ import annotations
 
@@ -8,96 +10,141 @@ from tkinter import ttk
 from typing import Any
 
 from ..inference.result import CLASS_NAMES, AnalysisResult
+from . import theme
+from .readout import summary_line
 
 BAR_COLOURS = {"Normal": "#3a9d5d", "COVID-19": "#d0453b", "Other pneumonia": "#e09b26"}
+SUMMARY_STYLES = {"ok": "SummaryOk.TLabel", "finding": "SummaryFinding.TLabel", "refused": "Refusal.TLabel",
+                  "message": "Summary.TLabel", "error": "Error.TLabel"}
 
 
 class ResultsPanel(ttk.Frame):
     def __init__(self, master: tk.Misc, width: int = 290) -> None:
-        super().__init__(master)
+        super().__init__(master, style="Panel.TFrame")
         self.width = width
-        ttk.Label(self, text="Analysis", font=("TkDefaultFont", 11, "bold")).pack(anchor="w")
-        self.verdict = tk.Label(self, text="Not analysed yet", anchor="w", justify="left", wraplength=width - 10)
-        self.verdict.pack(fill="x", pady=(2, 4))
-        self.bars = tk.Canvas(self, width=width, height=86, highlightthickness=0, background=self._bg())
+        ttk.Label(self, text="Analysis", style="Heading.TLabel").pack(anchor="w")
+        self.summary = ttk.Label(self, text="Not analysed yet", anchor="w", justify="left", wraplength=width - 10,
+                                 style="Summary.TLabel")
+        self.summary.pack(fill="x", pady=(4, 6))
+        self.summary_kind = "message"
+        self.bars = tk.Canvas(self, width=width, height=theme.px(self, 86), highlightthickness=0)
+        self.bars.theme_role = "panel"  # type: ignore[attr-defined]
         self.bars.pack(fill="x")
-        # 15 lines: opacity figures, operating point, timings and all four model versions.
-        self.details = tk.Text(self, width=38, height=15, wrap="word", relief="flat", background=self._bg(),
-                               font=("TkDefaultFont", 9))
-        self.details.pack(fill="x")
-        self.details.tag_configure("key", foreground="#555555")
-        self.details.configure(state="disabled")
+        self.findings = self._text(5)
+        self.findings.pack(fill="x")
+        self.details_open = tk.BooleanVar(value=False)
+        self.fold = ttk.Button(self, text="▸ Details (D)", style="Fold.TButton", command=self.toggle_details)
+        self.fold.pack(anchor="w", pady=(4, 0))
+        # timings, gate, operating point and all four model versions
+        self.details = self._text(10)
         self.result: AnalysisResult | None = None
 
-    def _bg(self) -> str:
-        try:
-            return str(self.winfo_toplevel().cget("background"))
-        except tk.TclError:
-            return "#d9d9d9"
+    def _text(self, height: int) -> tk.Text:
+        t = tk.Text(self, width=38, height=height, wrap="word", relief="flat", borderwidth=0, highlightthickness=0,
+                    font=("TkDefaultFont", 10))
+        t.theme_role = "panel"  # type: ignore[attr-defined]
+        pal = theme.current(self)
+        t.configure(background=pal.panel, foreground=pal.fg)
+        t.tag_configure("key", foreground=pal.muted)
+        t.configure(state="disabled")
+        return t
 
-    def show_message(self, text: str, colour: str = "#333333") -> None:
+    def on_theme(self, pal: theme.Palette) -> None:
+        if self.result is not None:
+            self.show(self.result)
+
+    def toggle_details(self) -> None:
+        self.details_open.set(not self.details_open.get())
+        if self.details_open.get():
+            self.details.pack(fill="x", after=self.fold)
+            self.fold.configure(text="▾ Details (D)")
+        else:
+            self.details.pack_forget()
+            self.fold.configure(text="▸ Details (D)")
+
+    def _summary(self, text: str, kind: str) -> None:
+        self.summary_kind = kind
+        self.summary.configure(text=text, style=SUMMARY_STYLES.get(kind, "Summary.TLabel"))
+
+    def show_message(self, text: str, kind: str = "message") -> None:
         self.result = None
-        self.verdict.configure(text=text, foreground=colour)
+        self._summary(text, kind)
         self.bars.delete("all")
-        self._write("")
+        self.bars.configure(height=1)
+        self._write(self.findings, "")
+        self._write(self.details, "")
 
     def show(self, result: AnalysisResult) -> None:
         self.result = result
         self.bars.delete("all")
+        text, kind = summary_line(result)
+        self._summary(text, kind)
         if not result.gate.accepted:
-            self.verdict.configure(text=f"Not scored: {result.gate.reason}", foreground="#b00020")
-            self._write(self._footer(result))
+            self.bars.configure(height=1)
+            self._write(self.findings, "The image was not scored: the models are only valid on frontal chest "
+                        "radiographs like those they were trained on.")
+            self._write(self.details, self._footer(result))
             return
-        top = result.predicted_class or "?"
-        self.verdict.configure(text=f"In domain. Highest score: {top}", foreground="#1b5e20")
+        self.bars.configure(height=theme.px(self, 86))
         self._draw_bars(result)
         inv = result.involvement_pct
         if inv is None:
             lines = ["Opacity: not available (the opacity model is not installed in this build)."]
         else:
             lines = [
-                "Opacity involvement (% of lung area):",
-                f"  right lung {inv.get('right', 0):.1f} %   left lung {inv.get('left', 0):.1f} %",
-                f"  total {inv.get('total', 0):.1f} %   severity: {result.severity}",
-                f"Opacity regions: {len(result.regions)}",
+                f"Opacity: right lung {inv.get('right', 0):.1f} %, left lung {inv.get('left', 0):.1f} %",
+                f"Total {inv.get('total', 0):.1f} % of the lung area, severity {result.severity}; "
+                f"{len(result.regions)} region{'s' if len(result.regions) != 1 else ''}",
             ]
         op = (result.operating_point or {}).get("COVID-19")
         if op is not None:
             flag = "above" if result.covid_positive else "below"
-            lines.append(f"COVID-19 score is {flag} the operating point ({op:.2f}).")
-        self._write("\n".join(lines) + "\n" + self._footer(result))
+            lines.append(f"COVID-19 {flag} its operating point ({op * 100:.0f} %, the mark on the bar).")
+        self._write(self.findings, "\n".join(lines))
+        self._write(self.details, self._footer(result))
 
     def _footer(self, result: AnalysisResult) -> str:
         t = result.timings
         timing = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
         models = "\n".join(f"  {m.name} v{m.version} ({m.sha256[:10]})" for m in result.models)
-        return f"Time: {result.total_seconds:.2f} s ({timing})\nModels:\n{models}"
+        gate = f"Gate: {result.gate.code} ({result.gate.stage or '-'})"
+        if result.gate.scores:
+            gate += ", " + ", ".join(f"{k} {float(v):.3g}" for k, v in result.gate.scores.items())
+        return f"Time: {result.total_seconds:.2f} s ({timing})\n{gate}\nModels:\n{models}"
 
     def _draw_bars(self, result: AnalysisResult) -> None:
         c = self.bars
+        pal = theme.current(self)
         probs = result.probabilities or {}
-        label_w, bar_w, row = 118, self.width - 170, 26
+        k = theme.px(self, 1)
+        label_w, row, bar_h = 118 * k, 26 * k, 16 * k
+        bar_w = max(40, int(c.winfo_width() or self.width) - label_w - 56 * k)
         for i, name in enumerate(CLASS_NAMES):
             p = float(probs.get(name, 0.0))
-            y = 6 + i * row
-            c.create_text(2, y + 8, text=name, anchor="w", font=("TkDefaultFont", 9))
-            c.create_rectangle(label_w, y, label_w + bar_w, y + 16, outline="#999999")
-            c.create_rectangle(label_w, y, label_w + bar_w * p, y + 16, outline="", fill=BAR_COLOURS.get(name, "#555"))
-            c.create_text(label_w + bar_w + 6, y + 8, text=f"{p * 100:.1f}%", anchor="w", font=("TkDefaultFont", 9),
-                          tags=(f"pct-{name}",))
+            y = 6 * k + i * row
+            top = name == result.predicted_class
+            font = ("TkDefaultFont", 10, "bold") if top else ("TkDefaultFont", 10)
+            c.create_text(2, y + bar_h / 2, text=name, anchor="w", font=font, fill=pal.fg)
+            c.create_rectangle(label_w, y, label_w + bar_w, y + bar_h, outline=pal.border, fill=pal.field)
+            c.create_rectangle(label_w, y, label_w + bar_w * p, y + bar_h, outline="",
+                               fill=BAR_COLOURS.get(name, "#555"))
+            c.create_text(label_w + bar_w + 6, y + bar_h / 2, text=f"{p * 100:.1f}%", anchor="w", font=font,
+                          fill=pal.fg, tags=(f"pct-{name}",))
             op = (result.operating_point or {}).get(name)
             if op is not None:
                 x = label_w + bar_w * float(op)
-                c.create_line(x, y - 3, x, y + 19, fill="#000000", width=2, tags=(f"op-{name}",))
+                c.create_line(x, y - 3, x, y + bar_h + 3, fill=pal.fg, width=2, tags=(f"op-{name}",))
 
-    def _write(self, text: str) -> None:
-        self.details.configure(state="normal")
-        self.details.delete("1.0", "end")
-        self.details.insert("end", text)
-        self.details.configure(state="disabled")
+    @staticmethod
+    def _write(widget: tk.Text, text: str) -> None:
+        widget.configure(state="normal")
+        widget.delete("1.0", "end")
+        widget.insert("end", text)
+        widget.configure(state="disabled")
 
     def text(self) -> str:
-        return str(self.verdict.cget("text")) + "\n" + self.details.get("1.0", "end")
+        return "\n".join((str(self.summary.cget("text")), self.findings.get("1.0", "end"),
+                          self.details.get("1.0", "end")))
 
     def percentages(self) -> dict[str, str]:
         out: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""Settings: compute device, overlay colours, default window preset, output folder."""
+"""Settings: compute device, overlay colours, default window preset, output folder, theme
+(dark reading theme or light), interface scale, identifying data on the image."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Callable
 from tkinter import colorchooser, filedialog, ttk
 from typing import Any
 
+from .theme import SCALES, THEMES
+
+SCALE_LABELS = {v: ("auto" if v == 0 else f"{v * 100:.0f} %") for v in SCALES}
 DEVICE_CHOICES = (("auto", "Automatic (GPU when available)"), ("cpu", "CPU"), ("gpu", "GPU"))
 WINDOW_CHOICES = (("file", "The file's own window (DICOM), else full range"), ("auto", "Auto (0.5-99.5 %)"),
                   ("full", "Full range"))
@@ -46,8 +50,22 @@ class SettingsDialog(tk.Toplevel):
         self.output = tk.StringVar(value=settings.output_dir)
         ttk.Entry(f, textvariable=self.output, width=40).grid(row=5, column=1, columnspan=2, sticky="we", pady=(6, 0))
         ttk.Button(f, text="Browse...", command=self._browse).grid(row=5, column=3, pady=(6, 0))
+        ttk.Label(f, text="Theme:").grid(row=6, column=0, sticky="w", pady=(6, 0))
+        self.theme = tk.StringVar(value=settings.theme)
+        ttk.Combobox(f, state="readonly", values=list(THEMES), textvariable=self.theme, width=10).grid(
+            row=6, column=1, sticky="w", pady=(6, 0))
+        ttk.Label(f, text="dark: the reading theme (dark around the film); light: for bright rooms").grid(
+            row=6, column=2, sticky="w", pady=(6, 0))
+        ttk.Label(f, text="Interface scale:").grid(row=7, column=0, sticky="w", pady=(6, 0))
+        self.scale = tk.StringVar(value=SCALE_LABELS.get(settings.ui_scale, "auto"))
+        ttk.Combobox(f, state="readonly", values=list(SCALE_LABELS.values()), textvariable=self.scale,
+                     width=10).grid(row=7, column=1, sticky="w", pady=(6, 0))
+        ttk.Label(f, text="auto: from the screen's DPI").grid(row=7, column=2, sticky="w", pady=(6, 0))
+        self.identifying = tk.BooleanVar(value=bool(settings.show_identifying))
+        ttk.Checkbutton(f, text="Show patient and study data on the image corners (identifying)",
+                        variable=self.identifying).grid(row=8, column=0, columnspan=3, sticky="w", pady=(6, 0))
         buttons = ttk.Frame(f)
-        buttons.grid(row=6, column=0, columnspan=4, sticky="e", pady=(12, 0))
+        buttons.grid(row=9, column=0, columnspan=4, sticky="e", pady=(12, 0))
         ttk.Button(buttons, text="Cancel", command=self.destroy).pack(side="right")
         ttk.Button(buttons, text="OK", command=self.apply).pack(side="right", padx=6)
         self.bind("<Escape>", lambda e: self.destroy())
@@ -70,5 +88,8 @@ class SettingsDialog(tk.Toplevel):
         s.lung_colors = (self.colours["right"].get(), self.colours["left"].get())
         s.opacity_color = self.colours["opacity"].get()
         s.output_dir = self.output.get().strip()
+        s.theme = self.theme.get() if self.theme.get() in THEMES else "dark"
+        s.ui_scale = next((v for v, label in SCALE_LABELS.items() if label == self.scale.get()), 0.0)
+        s.show_identifying = bool(self.identifying.get())
         self.on_apply()
         self.destroy()
