@@ -22,7 +22,7 @@ from .provenance import DEFAULT_FORMATS, OUTPUT_FORMATS
 log = logging.getLogger("xrayviewer")
 
 
-COMMANDS = ("info", "analyze", "history", "help")
+COMMANDS = ("info", "analyze", "history", "send", "query", "retrieve", "help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--export", type=Path, metavar="FILE.csv", help="export the whole history as CSV")
     hi.set_defaults(func=cmd_history)
 
+    from .cli_pacs import add_commands
+
+    add_commands(sub, [verbose])
     sub.add_parser("help", help="show this help").set_defaults(func=lambda a, out: (parser.print_help(out), 0)[1])
     return parser
 
@@ -154,7 +157,8 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 
 class _QuietLibraries(logging.Filter):
-    """Drop pydicom's per-plugin decode tracebacks and header-quirk warnings.
+    """Drop pydicom's per-plugin decode tracebacks and header-quirk warnings, and pynetdicom's
+    association log (our messages name the node and what failed).
 
     Our own error message already names the file and the problem; the library detail is
     kept for ``-vv``. A handler filter (not a level) because pydicom resets its logger's
@@ -162,7 +166,8 @@ class _QuietLibraries(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith(("pydicom", "py.warnings")) and record.levelno < logging.CRITICAL)
+        return not (record.name.startswith(("pydicom", "pynetdicom", "py.warnings"))
+                    and record.levelno < logging.CRITICAL)
 
 
 class _ProgressBar:

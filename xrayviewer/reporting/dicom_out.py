@@ -144,6 +144,15 @@ def build_segmentation(result: AnalysisResult, image: XRayImage, *, phi: bool = 
     src, changed = _prepare_source(image)
     for note in changed:
         log.info("%s: %s", image.source, note)
+    # No Pixel Measures functional group for a projection film (no frame of reference): the
+    # macro would hold Pixel Spacing without Slice Thickness (a radiograph has none, and the
+    # standard only asks for it with volumetric properties), which highdicom's own reader
+    # refuses, so a SEG read back from a PACS would fail. The SEG shares the referenced
+    # source's pixel grid, which keeps the spacing.
+    if "FrameOfReferenceUID" not in src:
+        for kw in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"):
+            if kw in src:
+                delattr(src, kw)
     anatomy = codes.SCT.AnatomicalStructure
     algo = _algorithm()
     descriptions = [
