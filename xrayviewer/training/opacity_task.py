@@ -300,6 +300,19 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         w.writerows(history)
 
 
+def _drop_specks(mask: np.ndarray, fraction: float = DEFAULT_MIN_REGION_FRACTION) -> np.ndarray:
+    """Connected components smaller than ``fraction`` of the array removed (8-connected)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= max(1, round(fraction * mask.size))
+    keep[0] = False
+    return keep[lab]
+
+
 def _val_scores(generator: Any, xva: np.ndarray, yva: np.ndarray, labels: list[str],
                 threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
     """Model-resolution validation figures used to pick the checkpoint (fast, no lung model)."""
@@ -312,7 +325,9 @@ def _val_scores(generator: Any, xva: np.ndarray, yva: np.ndarray, labels: list[s
         xb, yb = xva[start:start + 32], yva[start:start + 32]
         p = generator(xb, training=False)
         losses.append(float(dice_bce_loss(tf.constant(yb), p)) * len(xb))
-        pb = np.asarray(p)[..., 0] > threshold
+        # specks below the app's smallest region are dropped, as the app drops them: otherwise
+        # a few stray pixels on a Normal film outweigh a lesion found on a COVID film
+        pb = [_drop_specks(a) for a in np.asarray(p)[..., 0] > threshold]
         tb = yb[..., 0] > 0.5
         for a, b in zip(pb, tb):
             inter, s = np.count_nonzero(a & b), np.count_nonzero(a) + np.count_nonzero(b)
@@ -420,6 +435,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         if row["val_select"] > best:
             best, best_epoch = row["val_select"], epoch + 1
             generator.save(ckpt)
+        generator.save(out / "model_last.keras")
         log.info("epoch %d/%d %.0fs: loss %.4f seg %.4f g_adv %.3f d %.3f | val loss %.4f dice(all) %.4f "
                  "dice(COVID) %.4f Normal-any+ %.3f", epoch + 1, epochs, row["epoch_s"], row["loss"],
                  row["seg_loss"], row["g_adv"], row["d_loss"], row["val_loss"], row["val_dice_all"],
@@ -455,7 +471,8 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "crop_margin": spec.margin if spec.crop else None, "crop_lung_model": lung_info,
         "train_sources": _source_counts(train_recs), "negatives": negatives,
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
-                                "(empty-vs-empty = 1) at model resolution",
+                                "(empty-vs-empty = 1) at model resolution, specks below the app's "
+                                "smallest region dropped first; the last epoch is kept as model_last.keras",
         "augmentation": AUGMENTATION_ROBUST if normalization == ROBUST else AUGMENTATION,
         "n_train": len(xtr), "n_val": len(xva), "train_classes": _class_counts(train_recs),
         "val_classes": _class_counts(val_recs), "split_file": str(split_file),
