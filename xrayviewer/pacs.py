@@ -378,7 +378,7 @@ class PacsClient:
                 with lock:
                     received.append(target)
                 return 0x0000
-            except Exception as exc:  # the PACS gets a failure status and the run reports it
+            except Exception as exc:  # noqa: BLE001 - the PACS gets a failure status and the run reports it
                 with lock:
                     failures.append(f"instance {getattr(event.request, 'AffectedSOPInstanceUID', '?')}: {exc}")
                 return 0xA700
@@ -482,7 +482,7 @@ def _is_chest_film(path: Path) -> bool:
 
     try:
         ds = dcmread(path, stop_before_pixels=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a film to open
         return False
     if str(ds.get("SOPClassUID", "")) not in CHEST_RADIOGRAPH_CLASSES:
         return False
@@ -505,7 +505,7 @@ def not_chest_message(node: PacsNode, retrieved: Retrieved) -> str | None:
         try:
             ds = dcmread(f, stop_before_pixels=True)
             kinds.append(f"{f.name}: {ds.get('Modality', '?')} {ds.get('BodyPartExamined', '') or ''}".strip())
-        except Exception:
+        except Exception:  # noqa: BLE001 - named as unreadable in the message
             kinds.append(f"{f.name}: unreadable")
     return (f"{node}: study {retrieved.study_uid} holds no chest radiograph ({'; '.join(kinds)}"
             f"{'; ...' if len(retrieved.files) > 5 else ''})")

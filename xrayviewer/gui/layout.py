@@ -31,6 +31,12 @@ class ViewerLayout:
     session: Any
     settings: Any
 
+    def pacs_dialog(self, name: str) -> Any:
+        """Open one of :mod:`.pacs_dialog`'s dialogs (loaded on first use: pynetdicom stays out of start-up)."""
+        from . import pacs_dialog
+
+        return getattr(pacs_dialog, name)(self)
+
     def _build_menus(self) -> None:
         m = tk.Menu(self.root)
         self.root.configure(menu=m)
@@ -39,10 +45,12 @@ class ViewerLayout:
         file_menu.add_command(label="Open folder...", accelerator="Ctrl+Shift+O", command=self.ask_open_folder)
         self.recent_menu = tk.Menu(file_menu, tearoff=False)
         file_menu.add_cascade(label="Open recent", menu=self.recent_menu)
+        file_menu.add_command(label="Open from PACS...", command=lambda: self.pacs_dialog("OpenFromPacsDialog"))
         file_menu.add_separator()
         file_menu.add_command(label="Export overlay PNG...", accelerator="Ctrl+E", command=self.ask_export_png)
         file_menu.add_command(label="Export PDF report...", accelerator="Ctrl+P", command=self.ask_export_pdf)
         file_menu.add_command(label="Copy overlay to clipboard", command=self.copy_to_clipboard)
+        file_menu.add_command(label="Send results to PACS...", command=lambda: self.pacs_dialog("SendResultsDialog"))
         file_menu.add_command(label="History...", accelerator="Ctrl+H", command=self.show_history)
         file_menu.add_command(label="Settings...", accelerator="Ctrl+,", command=self.show_settings)
         file_menu.add_separator()

@@ -1,5 +1,5 @@
 """Settings: compute device, overlay colours, default window preset, output folder, theme
-(dark reading theme or light), interface scale, identifying data on the image."""
+(dark reading theme or light), interface scale, identifying data on the image, PACS nodes."""
 
 from __future__ import annotations
 
@@ -64,11 +64,20 @@ class SettingsDialog(tk.Toplevel):
         self.identifying = tk.BooleanVar(value=bool(settings.show_identifying))
         ttk.Checkbutton(f, text="Show patient and study data on the image corners (identifying)",
                         variable=self.identifying).grid(row=8, column=0, columnspan=3, sticky="w", pady=(6, 0))
+        ttk.Label(f, text="PACS nodes:").grid(row=9, column=0, sticky="w", pady=(6, 0))
+        ttk.Button(f, text="Edit...", command=self._pacs_nodes).grid(row=9, column=1, sticky="w", pady=(6, 0))
+        ttk.Label(f, text="where Open from PACS and Send results to PACS connect").grid(
+            row=9, column=2, sticky="w", pady=(6, 0))
         buttons = ttk.Frame(f)
-        buttons.grid(row=9, column=0, columnspan=4, sticky="e", pady=(12, 0))
+        buttons.grid(row=10, column=0, columnspan=4, sticky="e", pady=(12, 0))
         ttk.Button(buttons, text="Cancel", command=self.destroy).pack(side="right")
         ttk.Button(buttons, text="OK", command=self.apply).pack(side="right", padx=6)
         self.bind("<Escape>", lambda e: self.destroy())
+
+    def _pacs_nodes(self) -> Any:
+        from .pacs_dialog import NodesDialog
+
+        return NodesDialog(self)
 
     def _pick(self, key: str, swatch: tk.Label) -> None:
         _, hex_colour = colorchooser.askcolor(self.colours[key].get(), parent=self, title="Overlay colour")

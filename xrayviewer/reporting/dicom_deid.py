@@ -263,12 +263,11 @@ def _apply(ds: Any, sop_class_uid: str, key: bytes, patient: str, path: tuple[st
                 elem.value = [_dummy(elem)] * elem.VM
             else:
                 elem.value = _dummy(elem)
-        elif action == "U":
-            if elem.VR == "UI" and elem.value:
-                if elem.VM > 1:
-                    elem.value = [remap_uid(str(v), key) for v in elem.value]
-                else:
-                    elem.value = remap_uid(str(elem.value), key)
+        elif action == "U" and elem.VR == "UI" and elem.value:
+            if elem.VM > 1:
+                elem.value = [remap_uid(str(v), key) for v in elem.value]
+            else:
+                elem.value = remap_uid(str(elem.value), key)
         if action is not None and action != "K":
             log.append(f"{'.'.join(path + (keyword,))}: {action}")
         if elem.tag in ds and elem.VR == "SQ" and elem.value:
