@@ -117,7 +117,8 @@ def test_thumbnails_badges_and_keyboard(app, data_dir: Path, tmp_path: Path) -> 
     assert list((tmp_path / "cache" / "thumbnails").glob("*.png"))  # cached on disk
     app.analyze()
     pump(app, lambda: app.session.analysis is not None)
-    assert strip.badge_kind(0) == app.session.badge_for(app.folder_files[0]) != None  # noqa: E711
+    assert strip.badge_kind(0) in ("ok", "finding")
+    assert strip.badge_kind(0) == app.session.badge_for(app.folder_files[0])
     _key(app, "Next")
     _key(app, "Next")
     _key(app, "Next")
@@ -168,3 +169,30 @@ def test_compare_links_zoom_pan_and_window(app, data_dir: Path, tmp_path: Path) 
     assert app.session.state.center[0] < c0[0]  # the picture moved right in both views
     _key(app, "s")
     assert not cmp.active and not app.compare_canvas.winfo_ismapped()
+    # any analysis from the history, chosen in the history window (Ctrl+Enter)
+    hw = app.show_history()
+    app.root.update()
+    first = hw.tree.get_children()[-1]  # the oldest: films[0]
+    hw.tree.selection_set(first)
+    hw.tree.focus_force()
+    hw.tree.event_generate("<Control-Return>")
+    pump(app, lambda: cmp.active and cmp.session.image is not None and not app.tasks.busy("compare"))
+    assert cmp.session.path == films[0] and cmp.session.caption.startswith("Previous analysis ")
+    hw.destroy()
+
+
+def test_thumbnails_are_lazy(app, tmp_path: Path) -> None:  # noqa: F811
+    """A big folder costs what the strip shows: the visible cells (and a few beyond) get
+    pictures; scrolling to the end makes the last ones."""
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"film{i:02d}.png").write_bytes(png_bytes(np.full((64, 64), i * 5, np.uint8)))
+    app.open_folder(src)
+    strip = app.thumbs
+    pump(app, lambda: app.session.image is not None and 0 in strip.loaded and not app.tasks.busy("thumbs"))
+    shown = strip.visible_range()
+    assert 0 < len(strip.loaded) < 40 and strip.loaded <= set(shown)
+    strip.canvas.yview_moveto(1.0)
+    pump(app, lambda: 39 in strip.loaded)
+    assert 20 not in strip.loaded

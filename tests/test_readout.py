@@ -149,7 +149,7 @@ def test_thumbnail_cache_on_disk(tmp_path: Path, film: Path, monkeypatch) -> Non
     t = cache.get(film)
     assert t.dtype == np.uint8 and max(t.shape) == 32 and t.shape == (32, 26)
     assert len(list((tmp_path / "thumbs").glob("*.png"))) == 1
-    import xrayviewer.imaging as imaging
+    from xrayviewer import imaging
 
     monkeypatch.setattr(imaging, "load_image", lambda p: (_ for _ in ()).throw(AssertionError("not cached")))
     again = readout.ThumbnailCache(tmp_path / "thumbs", size=32)  # a new run reads the disk cache

@@ -67,7 +67,7 @@ def draw_legend(canvas: tk.Canvas, items: list[LegendItem]) -> None:
     for it in items:
         cy = y + row / 2
         if it.colour is not None:
-            colour = "#%02x%02x%02x" % it.colour
+            colour = "#{:02x}{:02x}{:02x}".format(*it.colour)
             canvas.create_rectangle(x0 + pad, cy - sw / 2, x0 + pad + sw, cy + sw / 2, fill=colour, outline=colour,
                                     tags=("legend", "legend-swatch"))
             canvas.create_text(x0 + 2 * pad + sw, cy, text=it.label, anchor="w", fill=CORNER_FG, font=font,

@@ -26,6 +26,7 @@ from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import AnalysisResult
 from ..settings import Settings
 from . import annotate, dialogs, theme
+from .compare import CompareActions, CompareView
 from .exports import ExportActions
 from .layout import ZOOM_STEP, ViewerLayout, create_root
 from .session import ViewerSession, error_text, list_images
@@ -41,7 +42,7 @@ FILETYPES = [
 RULER_COLOUR = "#ffd400"
 
 
-class ViewerApp(ViewerLayout, ExportActions):
+class ViewerApp(ViewerLayout, ExportActions, CompareActions):
     """Main window: toolbar, thumbnails strip, film canvas (and the compare canvas), side panel, status bar."""
 
     def __init__(self, root: tk.Tk, settings: Settings, *, settings_path: Path | None = None,
@@ -69,8 +70,6 @@ class ViewerApp(ViewerLayout, ExportActions):
         self._build_menus()
         self._build_layout()
         theme.apply(root, settings.theme, scale=settings.ui_scale)  # the widgets just made
-        from .compare import CompareView
-
         self.compare = CompareView(self, self.compare_canvas)
         self._bind_keys()
         self._enable_drop()
@@ -463,52 +462,6 @@ class ViewerApp(ViewerLayout, ExportActions):
         self.session.save_settings()
         self.redraw()
 
-    # ------------------------------------------------------------------ compare
-    def toggle_compare(self) -> None:
-        """S: the film beside its previous analysis from the history; again: close."""
-        if self.compare.active:
-            self.close_compare()
-            return
-        if self.session.image is None:
-            self.set_status("Open a film first: compare shows it beside its previous analysis")
-            return
-        entry = self.session.previous_analysis()
-        if entry is None:
-            self.set_status("No previous analysis in the history to compare with; use View > Compare with "
-                            "another film")
-            return
-        from .readout import record_summary
-
-        path = Path(entry.input_path)
-        if not path.is_file():
-            path = self.session.path
-        self.show_compare(path, f"{entry.created_at[:16].replace('T', ' ')}: {record_summary(entry.record)}")
-
-    def ask_compare(self) -> None:
-        path = filedialog.askopenfilename(parent=self.root, title="Compare with", filetypes=FILETYPES)
-        if path:
-            self.show_compare(Path(path))
-
-    def show_compare(self, path: Path, caption: str | None = None) -> None:
-        if not self.compare.active:
-            self.compare_canvas.grid(row=0, column=1, sticky="nsew", padx=(2, 0))
-            self.view_area.columnconfigure(1, weight=1, uniform="films")
-            self.compare.active = True
-        self.compare.open(path, caption, on_done=self.redraw)
-
-    def close_compare(self) -> None:
-        if self.compare.active:
-            self.compare.active = False
-            self.compare.close()
-            self.compare_canvas.grid_remove()
-            self.view_area.columnconfigure(1, weight=0, uniform="")
-            self.set_status("Compare closed")
-
-    def sync_from_compare(self) -> None:
-        """The compare side led a zoom/pan: redraw the main view (which re-syncs the other)."""
-        self._sync_window_box()
-        self.schedule_redraw()
-
     def show_batch(self, folder: Path | None = None) -> Any:
         from .batch_dialog import BatchDialog
 
@@ -526,11 +479,12 @@ class ViewerApp(ViewerLayout, ExportActions):
         self._analyze_when_loaded = path
         self.open_path(path)
 
-    def show_history(self) -> None:
+    def show_history(self) -> Any:
         from .history_window import HistoryWindow
 
         try:
-            HistoryWindow(self.root, self.session.get_history(), on_open=lambda p: self.open_any(Path(p)))
+            return HistoryWindow(self.root, self.session.get_history(), on_open=lambda p: self.open_any(Path(p)),
+                                 on_compare=self.compare_entry)
         except Exception as exc:
             messagebox.showerror("History", f"The history is unavailable: {exc}", parent=self.root)
 

@@ -10,12 +10,82 @@ from __future__ import annotations
 import tkinter as tk
 from collections.abc import Callable
 from pathlib import Path
+from tkinter import filedialog
 from typing import Any
 
 from ..imaging import load_image
 from . import annotate
 from .layout import ZOOM_STEP
 from .session import ViewerSession, error_text
+
+
+class CompareActions:
+    """The compare commands of :class:`~xrayviewer.gui.app.ViewerApp` (a mixin)."""
+
+    root: Any
+    session: ViewerSession
+    compare: CompareView
+    compare_canvas: tk.Canvas
+    view_area: Any
+    set_status: Callable[[str], None]
+    redraw: Callable[[], None]
+    schedule_redraw: Callable[[], None]
+    _sync_window_box: Callable[[], None]
+
+    def toggle_compare(self) -> None:
+        """S: the film beside its previous analysis from the history; again: close."""
+        if self.compare.active:
+            self.close_compare()
+            return
+        if self.session.image is None:
+            self.set_status("Open a film first: compare shows it beside its previous analysis")
+            return
+        entry = self.session.previous_analysis()
+        if entry is None:
+            self.set_status("No previous analysis in the history to compare with; use View > Compare with "
+                            "another film")
+            return
+        self.compare_entry(entry)
+
+    def compare_entry(self, entry: Any) -> None:
+        """A history entry beside the open film: its film, its recorded result as the caption."""
+        from .readout import record_summary
+
+        if self.session.image is None:
+            self.set_status("Open a film first, then compare it with an analysis from the history")
+            return
+        path = Path(entry.input_path)
+        if not path.is_file():
+            path = self.session.path
+        self.show_compare(path, f"Previous analysis {entry.created_at[:16].replace('T', ' ')}: "
+                                f"{record_summary(entry.record)}")
+
+    def ask_compare(self) -> None:
+        from .app import FILETYPES
+
+        path = filedialog.askopenfilename(parent=self.root, title="Compare with", filetypes=FILETYPES)
+        if path:
+            self.show_compare(Path(path))
+
+    def show_compare(self, path: Path, caption: str | None = None) -> None:
+        if not self.compare.active:
+            self.compare_canvas.grid(row=0, column=1, sticky="nsew", padx=(2, 0))
+            self.view_area.columnconfigure(1, weight=1, uniform="films")
+            self.compare.active = True
+        self.compare.open(path, caption, on_done=self.redraw)
+
+    def close_compare(self) -> None:
+        if self.compare.active:
+            self.compare.active = False
+            self.compare.close()
+            self.compare_canvas.grid_remove()
+            self.view_area.columnconfigure(1, weight=0, uniform="")
+            self.set_status("Compare closed")
+
+    def sync_from_compare(self) -> None:
+        """The compare side led a zoom/pan: redraw the main view (which re-syncs the other)."""
+        self._sync_window_box()
+        self.schedule_redraw()
 
 
 class CompareView:

@@ -20,7 +20,7 @@ NOTICE_TEXT = (
 SHORTCUTS: list[tuple[str, str]] = [
     ("Ctrl+O", "Open image"),
     ("Ctrl+Shift+O", "Open folder"),
-    ("Up / Down, PgUp / PgDn", "Previous / next image in the folder list"),
+    ("Up / Down, PgUp / PgDn", "Previous / next film in the thumbnails strip"),
     ("F", "Fit to window"),
     ("1", "Actual size (1:1)"),
     ("+ / - or mouse wheel", "Zoom in / out (at the cursor with the wheel)"),
@@ -37,6 +37,8 @@ SHORTCUTS: list[tuple[str, str]] = [
     ("A / Ctrl+Enter", "Analyze"),
     ("Ctrl+.", "Cancel analysis"),
     ("L / O / B / G", "Toggle lung fields / opacity / boxes / heatmap overlays"),
+    ("D", "Show / hide the analysis details (timings, gate, model versions)"),
+    ("S", "Compare: the film beside its previous analysis (linked zoom, pan, window); again to close"),
     ("Ctrl+E / Ctrl+P", "Export overlay PNG / PDF report"),
     ("Ctrl+B", "Batch analysis"),
     ("Ctrl+H", "History"),

@@ -125,7 +125,7 @@ def corner_texts(image: Any, *, window: Any, state: ViewState | None, user_inver
         if window.kind == "lut":
             bl.append(f"VOI LUT: {window.name}")
         else:
-            bl.append(f"C {window.center:g}  W {window.width:g}")
+            bl.append(f"C {window.center:.4g}  W {window.width:.4g}")
     if user_invert:
         bl.append("Inverted")
     br: list[str] = []
@@ -272,7 +272,7 @@ class ThumbnailCache:
 
                 with Image.open(file) as im:
                     arr = np.asarray(im.convert("L"))
-            except Exception as exc:  # a damaged cache file is rebuilt
+            except (OSError, ValueError) as exc:  # a damaged cache file is rebuilt
                 log.info("thumbnail cache %s unreadable (%s)", file, exc)
         if arr is None:
             from ..imaging import load_image

@@ -81,8 +81,8 @@ class ResultsPanel(ttk.Frame):
         self._summary(text, kind)
         if not result.gate.accepted:
             self.bars.configure(height=1)
-            self._write(self.findings, "The image was not scored: the models are only valid on frontal chest "
-                        "radiographs like those they were trained on.")
+            self._write(self.findings, ("The image was not scored: the models are only valid on frontal chest "
+                                        "radiographs like those they were trained on."))
             self._write(self.details, self._footer(result))
             return
         self.bars.configure(height=theme.px(self, 86))
@@ -93,8 +93,8 @@ class ResultsPanel(ttk.Frame):
         else:
             lines = [
                 f"Opacity: right lung {inv.get('right', 0):.1f} %, left lung {inv.get('left', 0):.1f} %",
-                f"Total {inv.get('total', 0):.1f} % of the lung area, severity {result.severity}; "
-                f"{len(result.regions)} region{'s' if len(result.regions) != 1 else ''}",
+                (f"Total {inv.get('total', 0):.1f} % of the lung area, severity {result.severity}; "
+                 f"{len(result.regions)} region{'s' if len(result.regions) != 1 else ''}"),
             ]
         op = (result.operating_point or {}).get("COVID-19")
         if op is not None:

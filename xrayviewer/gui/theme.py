@@ -11,11 +11,14 @@ theme changes at run time.
 
 from __future__ import annotations
 
+import logging
 import sys
 import tkinter as tk
 from dataclasses import dataclass
 from tkinter import font as tkfont
 from tkinter import ttk
+
+log = logging.getLogger(__name__)
 
 THEMES = ("dark", "light")
 SCALES = (0.0, 1.0, 1.25, 1.5, 2.0)  # 0 = from the screen's DPI
@@ -79,8 +82,8 @@ def enable_dpi_awareness() -> None:
             import ctypes
 
             ctypes.windll.shcore.SetProcessDpiAwareness(1)
-        except Exception:  # noqa: BLE001 - older Windows: stays scaled by the system
-            pass
+        except Exception as exc:  # noqa: BLE001 - older Windows: stays scaled by the system
+            log.info("no per-monitor DPI awareness: %s", exc)
 
 
 def ui_factor(root: tk.Misc, scale: float = 0.0) -> float:

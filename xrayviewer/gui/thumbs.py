@@ -1,9 +1,10 @@
 """The thumbnails strip of an opened folder: one cell per film (picture, name, badge once
 analysed: ok / finding / refused / error). Cells appear at once with a placeholder; the
 pictures are made on a worker (:class:`~xrayviewer.gui.worker.BackgroundTasks`, channel
-"thumbs"), nearest to the selected film first, and cached on disk
+"thumbs"), nearest to the selected film first, and cached in memory and on disk
 (:class:`~xrayviewer.gui.readout.ThumbnailCache`). Up/Down and PgUp/PgDn move through it
-as before; a click opens a film."""
+as before; a click opens a film. Lazy: only the visible cells (and a few beyond) are
+made, so a folder of thousands of films costs what the screen shows."""
 
 from __future__ import annotations
 
@@ -31,7 +32,15 @@ class ThumbStrip(ttk.Frame):
         self.canvas = tk.Canvas(self, width=self.cell_w + 8, highlightthickness=0, takefocus=0)
         self.canvas.theme_role = "panel"  # type: ignore[attr-defined]
         bar = ttk.Scrollbar(self, orient="vertical", command=self.canvas.yview)
-        self.canvas.configure(yscrollcommand=bar.set)
+
+        def scrolled(first: str, last: str) -> None:
+            bar.set(first, last)
+            if self.files and not self._pending:
+                self._pending = True
+                self.after(60, self._scrolled)  # one request per burst of scrolling
+
+        self._pending = False
+        self.canvas.configure(yscrollcommand=scrolled)
         bar.pack(side="right", fill="y")
         self.canvas.pack(side="left", fill="both", expand=True)
         self.canvas.bind("<Button-1>", self._click)
@@ -42,6 +51,7 @@ class ThumbStrip(ttk.Frame):
         self.selected: int | None = None
         self.photos: dict[int, Any] = {}
         self.loaded: set[int] = set()
+        self.failed: set[int] = set()
 
     # ------------------------------------------------------------------ content
     def set_files(self, files: list[Path], selected: int = 0) -> None:
@@ -111,6 +121,10 @@ class ThumbStrip(ttk.Frame):
         if y0 < top or y1 > bottom:
             self.canvas.yview_moveto(max(0.0, y0 - (bottom - top) / 2 + (y1 - y0) / 2))
 
+    def _scrolled(self) -> None:
+        self._pending = False
+        self.request_visible()
+
     def _click(self, e: tk.Event) -> None:
         i = int(self.canvas.canvasy(e.y) - 4) // self.cell_h
         if 0 <= i < len(self.files):
@@ -126,9 +140,30 @@ class ThumbStrip(ttk.Frame):
                 self.select(sel)
 
     # ------------------------------------------------------------------ pictures
-    def _start_worker(self, start: int) -> None:
+    MARGIN = 4  # cells made beyond the visible ones, so scrolling finds them ready
+
+    def visible_range(self) -> range:
+        if not self.files:
+            return range(0)
+        total = len(self.files) * self.cell_h + 8
+        top, bottom = self.canvas.yview()
+        first = int(top * total) // self.cell_h
+        last = int(bottom * total) // self.cell_h
+        if bottom <= top:  # not laid out yet: assume one screen
+            last = first + 8
+        return range(max(0, first - self.MARGIN), min(len(self.files), last + 1 + self.MARGIN))
+
+    def request_visible(self) -> None:
+        """Make the pictures of the visible cells (and a few beyond): lazy, on the worker,
+        nearest to the selected film first. A newer request makes the older one stale."""
+        wanted = [i for i in self.visible_range() if i not in self.loaded and i not in self.failed]
+        if self.selected is not None and self.selected not in self.loaded and self.selected not in wanted:
+            wanted.append(self.selected)
+        if not wanted:
+            return
+        start = self.selected or 0
         files, cache = list(self.files), self.cache
-        order = sorted(range(len(files)), key=lambda i: (abs(i - start), i))
+        order = sorted(wanted, key=lambda i: (abs(i - start), i))
 
         def job(post: Callable[[Any], None]) -> int:
             for i in order:
@@ -138,16 +173,21 @@ class ThumbStrip(ttk.Frame):
                     post((i, None))
             return len(order)
 
-        if files:
-            self.tasks.submit("thumbs", job, lambda n: None, lambda exc: None, on_message=self._arrived)
-        else:
+        self.tasks.submit("thumbs", job, lambda n: None, lambda exc: None, on_message=self._arrived)
+
+    def _start_worker(self, start: int) -> None:
+        self.failed.clear()
+        if not self.files:
             self.tasks.invalidate("thumbs")
+            return
+        self.after_idle(self.request_visible)
 
     def _arrived(self, message: tuple[int, Any]) -> None:
         i, arr = message
         if i >= len(self.files):
             return
         if arr is None:
+            self.failed.add(i)
             self.canvas.itemconfigure(f"placeholder-{i}", text="unreadable")
             return
         from PIL import Image, ImageTk
