@@ -227,3 +227,10 @@ def test_collect_outputs_takes_seg_and_sc_from_folders(tmp_path: Path) -> None:
     assert [f.name for f in files] == ["x.sc.dcm", "x.seg.dcm", "film.dcm"] and empty == []
     (tmp_path / "b").mkdir()
     assert collect_outputs([tmp_path / "b"])[1]
+
+
+def test_names_from_pacs_uids_stay_inside_the_folder() -> None:
+    from xrayviewer.pacs import _safe_name
+
+    assert _safe_name("..") == "unknown" and _safe_name("../../etc") == "_.._etc"
+    assert _safe_name("1.2.840.113619") == "1.2.840.113619" and "/" not in _safe_name("a/b")

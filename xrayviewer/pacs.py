@@ -473,7 +473,9 @@ class PacsClient:
 
 
 def _safe_name(uid: str) -> str:
-    return re.sub(r"[^0-9A-Za-z.]", "_", uid)[:128] or "unknown"
+    """A file or folder name from a UID a PACS sent: letters, digits and inner dots only (never
+    '..', a separator or a hidden name)."""
+    return re.sub(r"[^0-9A-Za-z.]", "_", uid)[:128].strip(".") or "unknown"
 
 
 def _is_chest_film(path: Path) -> bool:
