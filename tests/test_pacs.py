@@ -234,3 +234,37 @@ def test_names_from_pacs_uids_stay_inside_the_folder() -> None:
 
     assert _safe_name("..") == "unknown" and _safe_name("../../etc") == "_.._etc"
     assert _safe_name("1.2.840.113619") == "1.2.840.113619" and "/" not in _safe_name("a/b")
+
+
+def test_tls_send_and_a_certificate_the_node_cannot_prove(tmp_path: Path, dicom_dir: Path) -> None:
+    """DICOM over TLS against pynetdicom's own SCP with a throwaway certificate for 127.0.0.1."""
+    import ssl
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed: no certificate for the TLS test")
+    for name in ("good", "other"):
+        subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout",
+                        str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem")],
+                       check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "good.pem", tmp_path / "good.key")
+    stored = []
+    scp = AE(ae_title="TLSSCP")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.add_supported_context("1.2.840.10008.1.1")
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, ssl_context=server_ctx,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda e: stored.append(e.request) or 0x0000)])
+    try:
+        good = PacsNode("TLSSCP", "127.0.0.1", port, tls=True, tls_ca=str(tmp_path / "good.pem"))
+        PacsClient(good, retries=0).echo()
+        assert [r.status for r in PacsClient(good).send([dicom_dir / "dx_image.dcm"])] == ["sent"] and stored
+        wrong = PacsNode("TLSSCP", "127.0.0.1", port, tls=True, tls_ca=str(tmp_path / "other.pem"))
+        with pytest.raises(PacsError, match="TLSSCP@127.0.0.1.*certificate"):
+            PacsClient(wrong, retries=0, timeout=5).echo()
+    finally:
+        server.shutdown()

@@ -219,7 +219,22 @@ class PacsClient:
                 raise PacsError(f"{self.node} rejected the association for {what} (check the called AE title "
                                 f"'{self.node.ae_title}' and that the PACS knows the calling AE '{self.calling_ae}')")
             last = "association aborted" if assoc.is_aborted else "no answer (unreachable, or not a DICOM node)"
+            if tls is not None:
+                last = self._tls_problem(tls) or last
         raise PacsError(f"{self.node}: {last} for {what}, after {self.retries + 1} attempt(s)")
+
+    def _tls_problem(self, ctx: ssl.SSLContext) -> str | None:
+        """Why a TLS handshake with the node fails (pynetdicom only logs it), or None."""
+        import socket
+
+        try:
+            with socket.create_connection((self.node.host, self.node.port), timeout=self.timeout) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=self.node.host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return f"TLS: the node's certificate could not be verified ({exc.verify_message})"
+        except (ssl.SSLError, OSError) as exc:
+            return f"TLS handshake failed ({exc})"
 
     def echo(self) -> None:
         """C-ECHO: raises :class:`PacsError` unless the node answers."""
