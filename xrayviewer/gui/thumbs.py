@@ -8,6 +8,7 @@ made, so a folder of thousands of films costs what the screen shows."""
 
 from __future__ import annotations
 
+import time
 import tkinter as tk
 from collections.abc import Callable
 from pathlib import Path
@@ -171,6 +172,7 @@ class ThumbStrip(ttk.Frame):
                     post((i, cache.get(files[i])))
                 except Exception:  # noqa: BLE001 - an unreadable file keeps its placeholder, marked
                     post((i, None))
+                time.sleep(0.01)  # let the Tk thread have the GIL between films (decoding holds it)
             return len(order)
 
         self.tasks.submit("thumbs", job, lambda n: None, lambda exc: None, on_message=self._arrived)
