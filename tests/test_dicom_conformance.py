@@ -76,13 +76,14 @@ def test_every_real_films_seg_and_sc_validate_without_errors(real_outputs, dciod
     assert failures == {}
 
 
-def test_real_models_outputs_validate(tmp_path: Path, dicom_dir: Path, dciodvfy: str) -> None:
+def test_real_models_outputs_validate(tmp_path: Path, dicom_dir: Path, dciodvfy: str,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """What `xrayviewer analyze --format dicom` writes with the bundled models (films it
     refuses get an SC, the analysed ones SEG and SC)."""
     from xrayviewer.cli import main
 
     out = tmp_path / "out"
-    os.environ.setdefault("XRAYVIEWER_HISTORY_DB", str(tmp_path / "h.db"))
+    monkeypatch.setenv("XRAYVIEWER_HISTORY_DB", str(tmp_path / "h.db"))
     assert main(["analyze", str(dicom_dir), "--out", str(out), "--format", "csv,dicom", "--quiet"]) == 0
     written = sorted(out.glob("*.dcm"))
     assert len([p for p in written if p.name.endswith(".seg.dcm")]) >= 2
