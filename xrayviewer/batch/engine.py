@@ -268,6 +268,121 @@ class _Loaded:
     seconds: float = 0.0
 
 
+def load_item(item: BatchItem, is_done: Callable[[str], bool] | None = None, *,
+              read_path: Path | None = None) -> _Loaded:
+    """Read, hash and decode one input (``read_path`` when the bytes lie elsewhere than the
+    path shown, e.g. an absolute path on a cluster worker). ``is_done(sha256)`` true: skip it
+    without decoding (resume). Never raises: a failure is recorded in the result."""
+    t0 = time.perf_counter()
+    out = _Loaded(item)
+    try:
+        data = (read_path or item.path).read_bytes()
+    except OSError as exc:
+        out.error = f"cannot read file ({exc.strerror or exc})"
+        return out
+    out.sha256 = hashlib.sha256(data).hexdigest()
+    if is_done is not None and is_done(out.sha256):
+        out.skip = True
+        return out
+    try:
+        out.image = load_image(data, name=str(item.path))
+    except NotARadiographError as exc:
+        out.refusal = exc
+    except XRayViewerError as exc:
+        out.error = exc.message
+    except Exception as exc:  # a loader bug must not stop the batch
+        log.exception("unexpected error loading %s", item.path)
+        out.error = f"internal error: {type(exc).__name__}: {exc}"
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def analyze_loaded(analyzer: BatchAnalyzer, batch: list[_Loaded], cancel: CancelToken | None = None
+                   ) -> list[AnalysisResult | BaseException]:
+    """One model call for the batch; if it fails, one call per image, so that one bad image
+    cannot sink the rest (its exception takes its place in the list)."""
+    images = [b.image for b in batch]
+    try:
+        return list(analyzer.analyze_batch(images, cancel=cancel))
+    except AnalysisCancelled:
+        raise
+    except Exception as exc:
+        log.warning("batch analysis failed (%s); retrying images one by one", exc)
+    results: list[AnalysisResult | BaseException] = []
+    for b in batch:
+        try:
+            results.extend(analyzer.analyze_batch([b.image], cancel=cancel))
+        except AnalysisCancelled:
+            raise
+        except Exception as one_exc:
+            if not isinstance(one_exc, XRayViewerError):
+                log.exception("unexpected error analysing %s", b.item.path)
+            results.append(one_exc)
+    return results
+
+
+def row_names(loaded: _Loaded, phi: bool) -> tuple[Path, str]:
+    """(output path relative to --out, path shown in rows/reports), both de-identified unless phi."""
+    rel = safe_rel(loaded.item, loaded.image, loaded.sha256, phi)
+    return rel, (str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix())
+
+
+def unanalysed_row(loaded: _Loaded, options: BatchOptions) -> dict[str, Any]:
+    """The row of a file that failed (``loaded.error``) or that its loader refused."""
+    _, shown = row_names(loaded, options.phi)
+    if loaded.error is None and loaded.refusal is not None:
+        return unanalysed_record(shown, "refused", loaded.refusal.reason, seconds=loaded.seconds,
+                                 file_sha256=loaded.sha256, gate_code=loaded.refusal.code)
+    return unanalysed_record(shown, "error", loaded.error or "unknown error", seconds=loaded.seconds,
+                             file_sha256=loaded.sha256)
+
+
+def result_row(loaded: _Loaded, res: AnalysisResult | BaseException, options: BatchOptions) -> dict[str, Any]:
+    """Write the image's outputs (atomically) and return its row; an analysis that raised, or
+    outputs that cannot be written, give an error row."""
+    if isinstance(res, BaseException):
+        loaded.error = res.message if isinstance(res, XRayViewerError) else f"internal error: {res}"
+        return unanalysed_row(loaded, options)
+    rel, shown_path = row_names(loaded, options.phi)
+    paths = output_paths(options.out_dir, rel)
+    written: list[str] = []
+    extra_warnings: list[str] = []
+    try:
+        if "png" in options.formats and loaded.image is not None:
+            written = write_image_outputs(res, loaded.image, paths)
+        if "pdf" in options.formats and loaded.image is not None:
+            from ..reporting.pdf import ReportItem, write_pdf_report
+
+            write_pdf_report([ReportItem(res, loaded.image, shown_path)], paths["pdf"], phi=options.phi)
+            written.append(str(paths["pdf"]))
+        if "dicom" in options.formats and loaded.image is not None and loaded.image.is_dicom:
+            from ..reporting.dicom_out import DicomOutputError, write_secondary_capture, write_segmentation
+
+            try:
+                write_secondary_capture(res, loaded.image, paths["sc"], phi=options.phi)
+                written.append(str(paths["sc"]))
+                if res.lung_labels is not None:
+                    write_segmentation(res, loaded.image, paths["seg"], phi=options.phi)
+                    written.append(str(paths["seg"]))
+            except DicomOutputError as exc:
+                extra_warnings.append(f"DICOM outputs skipped: {exc.message}")
+    except OSError as exc:
+        loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
+        return unanalysed_row(loaded, options)
+    record = res.to_json(path=shown_path)
+    record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
+    record["outputs"] = [str(Path(w).relative_to(options.out_dir)) for w in written]
+    if "dicom" in options.formats and loaded.image is not None:
+        from ..reporting.dicom_out import burned_in_warning
+
+        bw = burned_in_warning(loaded.image)
+        if bw:
+            extra_warnings.append(bw)
+    if extra_warnings:
+        record["warnings"] = "; ".join([w for w in [record.get("warnings")] if w] + extra_warnings)
+    return record
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -286,28 +401,7 @@ class BatchRunner:
         self.journal = Journal(options.out_dir / JOURNAL_NAME)
 
     def _load(self, item: BatchItem, models: str) -> _Loaded:
-        t0 = time.perf_counter()
-        out = _Loaded(item)
-        try:
-            data = item.path.read_bytes()
-        except OSError as exc:
-            out.error = f"cannot read file ({exc.strerror or exc})"
-            return out
-        out.sha256 = hashlib.sha256(data).hexdigest()
-        if self.journal.is_done(item.key, out.sha256, models):
-            out.skip = True
-            return out
-        try:
-            out.image = load_image(data, name=str(item.path))
-        except NotARadiographError as exc:
-            out.refusal = exc
-        except XRayViewerError as exc:
-            out.error = exc.message
-        except Exception as exc:  # a loader bug must not stop the batch
-            log.exception("unexpected error loading %s", item.path)
-            out.error = f"internal error: {type(exc).__name__}: {exc}"
-        out.seconds = time.perf_counter() - t0
-        return out
+        return load_item(item, lambda sha: self.journal.is_done(item.key, sha, models))
 
     def run(self, items: Sequence[BatchItem]) -> BatchSummary:
         opts = self.options
@@ -347,13 +441,14 @@ class BatchRunner:
                             done += 1
                             report(str(loaded.item.path))
                         elif loaded.error is not None or loaded.refusal is not None:
-                            self._record_unanalysed(loaded, models, summary)
+                            self._commit(loaded, unanalysed_row(loaded, opts), models, summary)
                             done += 1
                             report(str(loaded.item.path))
                         else:
                             batch.append(loaded)
                     if batch:
-                        self._analyze(batch, models, summary)
+                        for b, res in zip(batch, analyze_loaded(self.analyzer, batch, self.cancel)):
+                            self._commit(b, result_row(b, res, opts), models, summary)
                         done += len(batch)
                         report(str(batch[-1].item.path))
                         batch = []
@@ -365,96 +460,16 @@ class BatchRunner:
         self._write_summaries(items, summary)
         return summary
 
-    def _analyze(self, batch: list[_Loaded], models: str, summary: BatchSummary) -> None:
-        images = [b.image for b in batch]
-        try:
-            results = self.analyzer.analyze_batch(images, cancel=self.cancel)
-        except AnalysisCancelled:
-            raise
-        except Exception as exc:  # isolate: retry one by one so one bad image cannot sink the rest
-            log.warning("batch analysis failed (%s); retrying images one by one", exc)
-            results = []
-            for b in batch:
-                try:
-                    results.extend(self.analyzer.analyze_batch([b.image], cancel=self.cancel))
-                except AnalysisCancelled:
-                    raise
-                except Exception as one_exc:
-                    if not isinstance(one_exc, XRayViewerError):
-                        log.exception("unexpected error analysing %s", b.item.path)
-                    results.append(one_exc)  # type: ignore[arg-type]
-        for b, res in zip(batch, results):
-            if isinstance(res, BaseException):
-                b.error = res.message if isinstance(res, XRayViewerError) else f"internal error: {res}"
-                self._record_unanalysed(b, models, summary)
-                continue
-            self._record_result(b, res, models, summary)
-
-    def _record_result(self, loaded: _Loaded, res: AnalysisResult, models: str, summary: BatchSummary) -> None:
-        item = loaded.item
-        rel, shown_path = self._names(loaded)
-        paths = output_paths(self.options.out_dir, rel)
-        written: list[str] = []
-        extra_warnings: list[str] = []
-        try:
-            if "png" in self.options.formats and loaded.image is not None:
-                written = write_image_outputs(res, loaded.image, paths)
-            if "pdf" in self.options.formats and loaded.image is not None:
-                from ..reporting.pdf import ReportItem, write_pdf_report
-
-                write_pdf_report([ReportItem(res, loaded.image, shown_path)], paths["pdf"], phi=self.options.phi)
-                written.append(str(paths["pdf"]))
-            if "dicom" in self.options.formats and loaded.image is not None and loaded.image.is_dicom:
-                from ..reporting.dicom_out import DicomOutputError, write_secondary_capture, write_segmentation
-
-                try:
-                    write_secondary_capture(res, loaded.image, paths["sc"], phi=self.options.phi)
-                    written.append(str(paths["sc"]))
-                    if res.lung_labels is not None:
-                        write_segmentation(res, loaded.image, paths["seg"], phi=self.options.phi)
-                        written.append(str(paths["seg"]))
-                except DicomOutputError as exc:
-                    extra_warnings.append(f"DICOM outputs skipped: {exc.message}")
-        except OSError as exc:
-            loaded.error = f"cannot write outputs to {paths['overlay'].parent} ({exc.strerror or exc})"
-            self._record_unanalysed(loaded, models, summary)
-            return
-        record = res.to_json(path=shown_path)
-        record["seconds"] = round(res.total_seconds + loaded.seconds, 4)
-        record["outputs"] = [str(Path(w).relative_to(self.options.out_dir)) for w in written]
-        if "dicom" in self.options.formats and loaded.image is not None:
-            from ..reporting.dicom_out import burned_in_warning
-
-            bw = burned_in_warning(loaded.image)
-            if bw:
-                extra_warnings.append(bw)
-        if extra_warnings:
-            record["warnings"] = "; ".join([w for w in [record.get("warnings")] if w] + extra_warnings)
-        self.journal.append(item.key, loaded.sha256, models, record)
-        if res.status == "ok":
-            summary.ok += 1
-        else:
-            summary.refused += 1
-        if self.on_row:
-            self.on_row(record)
-
-    def _names(self, loaded: _Loaded) -> tuple[Path, str]:
-        """(output path relative to --out, path shown in rows/reports), both de-identified unless phi."""
-        rel = safe_rel(loaded.item, loaded.image, loaded.sha256, self.options.phi)
-        return rel, (str(loaded.item.path) if rel == loaded.item.rel else rel.as_posix())
-
-    def _record_unanalysed(self, loaded: _Loaded, models: str, summary: BatchSummary) -> None:
-        """The row of a file that failed (``loaded.error``) or that its loader refused."""
-        _, shown = self._names(loaded)
-        if loaded.error is None and loaded.refusal is not None:
-            record = unanalysed_record(shown, "refused", loaded.refusal.reason, seconds=loaded.seconds,
-                                       file_sha256=loaded.sha256, gate_code=loaded.refusal.code)
-            summary.refused += 1
-        else:
-            record = unanalysed_record(shown, "error", loaded.error or "unknown error", seconds=loaded.seconds,
-                                       file_sha256=loaded.sha256)
-            summary.errors += 1
+    def _commit(self, loaded: _Loaded, record: dict[str, Any], models: str, summary: BatchSummary) -> None:
+        """Journal one finished input (the single writer), count it, tell the caller."""
         self.journal.append(loaded.item.key, loaded.sha256, models, record)
+        status = record.get("status")
+        if status == "ok":
+            summary.ok += 1
+        elif status == "refused":
+            summary.refused += 1
+        else:
+            summary.errors += 1
         if self.on_row:
             self.on_row(record)
 
