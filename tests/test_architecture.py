@@ -7,7 +7,9 @@ Rules (README, "Architecture"):
 - nothing outside ``xrayviewer/gui`` imports ``xrayviewer.gui``, except the launcher (the
   composition root behind the ``xrayviewer`` command);
 - heavy libraries (TensorFlow/Keras) are never imported at module level by app code, so
-  the window and the CLI start before TensorFlow has loaded.
+  the window and the CLI start before TensorFlow has loaded;
+- Dask (the optional ``cluster`` extra) is imported by ``xrayviewer.batch.cluster`` alone,
+  and that module only lazily (by the CLI when ``--cluster`` is given).
 Function-level (lazy) imports count for the first three rules.
 """
 
@@ -24,6 +26,7 @@ COMPOSITION_ROOTS = {"xrayviewer.launcher"}
 # The viewer's state/logic and its task mechanism: Tk-free, so they are tested without a display.
 TK_FREE_GUI = {"xrayviewer.gui.session", "xrayviewer.gui.worker", "xrayviewer.gui.readout"}
 MAX_GUI_MODULE_LINES = 600
+DASK_MODULE = "xrayviewer.batch.cluster"
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -77,6 +80,10 @@ def _violations() -> list[str]:
                 bad.append(f"{module} imports {imported} (nothing may import the GUI)")
             if top and root in ("tensorflow", "keras") and not in_training:
                 bad.append(f"{module} imports {imported} at module level (TensorFlow must load lazily)")
+            if root in ("dask", "distributed") and module != DASK_MODULE:
+                bad.append(f"{module} imports {imported} (only {DASK_MODULE} may use Dask, an optional extra)")
+            if top and imported.startswith(DASK_MODULE) and module != DASK_MODULE:
+                bad.append(f"{module} imports {imported} at module level (Dask is loaded only for --cluster)")
     return bad
 
 
@@ -103,8 +110,9 @@ def test_rule_checker_catches_a_violation(tmp_path: Path) -> None:
 def test_cli_and_imaging_do_not_load_tensorflow() -> None:
     code = (
         "import sys, xrayviewer.cli, xrayviewer.imaging, xrayviewer.preprocessing, xrayviewer.gui.session;"
+        "import xrayviewer.batch;"
         "from xrayviewer.imaging import load_image;"
-        "bad=[m for m in ('tensorflow','keras','tkinter') if m in sys.modules];"
+        "bad=[m for m in ('tensorflow','keras','tkinter','dask','distributed') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

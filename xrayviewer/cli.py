@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the models run (default: GPU if TensorFlow sees one)")
     an.add_argument("--no-heatmap", action="store_true", help="skip the classifier heatmap (faster)")
     an.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    an.add_argument("--cluster", metavar="SPEC",
+                    help="run on Dask distributed: local[:N] (N worker processes here), tcp://HOST:PORT (a running "
+                         "scheduler) or FILE.json (a scheduler file); needs the cluster extra. --batch-size files "
+                         "make one task")
     an.set_defaults(func=cmd_analyze)
 
     hi = sub.add_parser("history", parents=[verbose], help="list or export the local history of analyses")
@@ -214,6 +218,16 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     if unknown or not formats:
         log.error("unknown --format value(s): %s (use %s)", ", ".join(unknown) or "(none)", ", ".join(OUTPUT_FORMATS))
         return 2
+    cluster = None
+    if getattr(args, "cluster", None):
+        cluster = _cluster_module()
+        if cluster is None:
+            return 2
+        try:
+            spec = cluster.parse_cluster_spec(args.cluster)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
     missing = require_models()
     if missing:
         for m in missing:
@@ -249,6 +263,7 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
 
         analyzer = Analyzer(device=args.device, heatmap=not args.no_heatmap)
         history = _open_history()
+        options = BatchOptions(args.out, formats, max(1, args.jobs), max(1, args.batch_size), phi=args.phi)
 
         def remember(row: dict[str, Any]) -> None:
             if history is not None:
@@ -257,12 +272,18 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
                 except Exception as exc:  # the history must never stop an analysis
                     log.warning("could not record in history: %s", exc)
 
-        runner = BatchRunner(analyzer, BatchOptions(args.out, formats, max(1, args.jobs), max(1, args.batch_size),
-                                                    phi=args.phi),
-                             progress=bar, cancel=cancel, on_row=remember)
         try:
-            summary = runner.run(items)
+            if cluster is not None:
+                summary = _run_on_cluster(cluster, spec, args, options, items, progress=bar, cancel=cancel,
+                                          on_row=remember)
+            else:
+                runner = BatchRunner(analyzer, options, progress=bar, cancel=cancel, on_row=remember)
+                summary = runner.run(items)
         except DeviceError as exc:
+            bar.close()
+            log.error("%s", exc.message)
+            return 2
+        except XRayViewerError as exc:  # the cluster's: unreachable, no workers, inputs unreadable there
             bar.close()
             log.error("%s", exc.message)
             return 2
@@ -281,6 +302,41 @@ def cmd_analyze(args: argparse.Namespace, out: TextIO) -> int:
     if summary.cancelled:
         return 130
     return 1 if summary.errors or problems else 0
+
+
+def _cluster_module() -> Any:
+    """``xrayviewer.batch.cluster``, or None (after saying how to install it) without Dask."""
+    try:
+        from .batch import cluster
+    except ImportError as exc:
+        log.error("--cluster needs Dask distributed, which is not installed (%s): pip install \"xrayviewer[cluster]\" "
+                  "(or pip install -e \".[cluster]\" in a checkout)", exc)
+        return None
+    return cluster
+
+
+def _run_on_cluster(cluster: Any, spec: Any, args: argparse.Namespace, options: Any, items: Any, **kw: Any) -> Any:
+    """The batch on Dask: start or join the cluster, run, always close what we started."""
+    import functools
+
+    from .inference.analyzer import Analyzer
+
+    factory = functools.partial(Analyzer, device=args.device, heatmap=not args.no_heatmap)
+    # Dask logs its start and stop at INFO on its own handler: ours to show only with -v/-vv.
+    verbose = getattr(args, "verbose", 0)
+    logging.getLogger("distributed").setLevel(logging.ERROR if verbose == 0 else logging.WARNING if verbose == 1
+                                              else logging.INFO)
+    client, local = cluster.connect(spec)
+    try:
+        log.info("running on %s (dashboard %s)", spec.describe(), client.dashboard_link)
+        runner = cluster.ClusterRunner(client, factory, options, **kw)
+        summary = runner.run(items)
+        log.info("%d worker(s) took part", runner.workers)
+        return summary
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
 
 
 def _own_outputs_note(n: int) -> str:

@@ -441,14 +441,14 @@ class BatchRunner:
                             done += 1
                             report(str(loaded.item.path))
                         elif loaded.error is not None or loaded.refusal is not None:
-                            self._commit(loaded, unanalysed_row(loaded, opts), models, summary)
+                            self._commit(loaded.item.key, loaded.sha256, unanalysed_row(loaded, opts), models, summary)
                             done += 1
                             report(str(loaded.item.path))
                         else:
                             batch.append(loaded)
                     if batch:
                         for b, res in zip(batch, analyze_loaded(self.analyzer, batch, self.cancel)):
-                            self._commit(b, result_row(b, res, opts), models, summary)
+                            self._commit(b.item.key, b.sha256, result_row(b, res, opts), models, summary)
                         done += len(batch)
                         report(str(batch[-1].item.path))
                         batch = []
@@ -460,9 +460,9 @@ class BatchRunner:
         self._write_summaries(items, summary)
         return summary
 
-    def _commit(self, loaded: _Loaded, record: dict[str, Any], models: str, summary: BatchSummary) -> None:
+    def _commit(self, key: str, sha256: str, record: dict[str, Any], models: str, summary: BatchSummary) -> None:
         """Journal one finished input (the single writer), count it, tell the caller."""
-        self.journal.append(loaded.item.key, loaded.sha256, models, record)
+        self.journal.append(key, sha256, models, record)
         status = record.get("status")
         if status == "ok":
             summary.ok += 1
