@@ -324,7 +324,7 @@ def _run_on_cluster(cluster: Any, spec: Any, args: argparse.Namespace, options: 
     factory = functools.partial(Analyzer, device=args.device, heatmap=not args.no_heatmap)
     # Dask logs its start and stop at INFO on its own handler: ours to show only with -v/-vv.
     verbose = getattr(args, "verbose", 0)
-    logging.getLogger("distributed").setLevel(logging.ERROR if verbose == 0 else logging.WARNING if verbose == 1
+    logging.getLogger("distributed").setLevel(logging.CRITICAL if verbose == 0 else logging.WARNING if verbose == 1
                                               else logging.INFO)
     client, local = cluster.connect(spec)
     try:

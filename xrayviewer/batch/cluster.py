@@ -63,6 +63,10 @@ INSTALL_HINT = 'pip install "xrayviewer[cluster]"'
 # How often a chunk may be running on a worker that dies before the scheduler gives up on it
 # (KilledWorker). Set on the LocalCluster we start; an existing cluster keeps its own setting.
 LOCAL_ALLOWED_FAILURES = 2
+# One task per worker thread at a time (no prefetch): when a worker dies, only the chunk it
+# was running counts that death, not an innocent one waiting behind it.
+LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
+                          "distributed.scheduler.worker-saturation": 1.0}
 
 
 class ClusterError(XRayViewerError):
@@ -124,9 +128,9 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> tuple[Client, Any]:
         from distributed import LocalCluster
 
         try:
-            with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
+            with dask.config.set(LOCAL_SCHEDULER_CONFIG):
                 cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       dashboard_address=":0", silence_logs=logging.ERROR,
                                        env=local_worker_env(spec.workers))
         except Exception as exc:
             raise ClusterError(f"could not start {spec.describe()}: {exc}") from exc
@@ -339,38 +343,49 @@ class ClusterRunner(BatchRunner):
         chunks = [[entry(i) for i in items[k:k + size]] for k in range(0, len(items), size)]
         futures = {self.client.submit(analyze_chunk, c, worker_opts, models, pure=False): c for c in chunks}
         ac = as_completed(list(futures))
+        # Files of failed chunks, run one at a time, so that a file that kills its worker takes
+        # no other file with it.
+        isolate: list[Entry] = []
+        solo: list[Any] = []
         try:
-            while futures:
+            while futures or isolate:
                 self.cancel.check()
+                solo[:] = [g for g in solo if g in futures]
+                if isolate and not solo:
+                    e = isolate.pop(0)
+                    g = self.client.submit(analyze_chunk, [e], worker_opts, models, pure=False)
+                    futures[g] = [e]
+                    solo.append(g)
+                    ac.add(g)
                 if not ac.has_ready():
                     time.sleep(0.05)
                     continue
                 for f in ac.next_batch(block=False):
                     chunk = futures.pop(f)
-                    if f.status == "finished":
-                        for row in f.result():
-                            if row["record"] is None:
-                                summary.skipped += 1
-                            else:
-                                self._commit(row["key"], row["sha256"], row["record"], models, summary)
-                        state["done"] += len(chunk)
-                        report(str(chunk[-1][0].path))
-                    elif f.status == "cancelled":
-                        continue
-                    else:
-                        exc = f.exception()
+                    try:
+                        # Normally at hand; if the worker holding it died since, the scheduler
+                        # computes it again and this waits for that.
+                        rows = f.result()
+                    except Exception as exc:
+                        rows = None
                         if len(chunk) > 1:  # find the file at fault: each on its own
                             log.warning("a chunk of %d files failed on the cluster (%s: %s); running them one by "
                                         "one", len(chunk), type(exc).__name__, exc)
-                            for e in chunk:
-                                g = self.client.submit(analyze_chunk, [e], worker_opts, models, pure=False)
-                                futures[g] = [e]
-                                ac.add(g)
+                            isolate.extend(chunk)
                         else:
                             self._commit_failure(chunk[0], exc, worker_opts, models, summary)
                             state["done"] += 1
                             report(str(chunk[0][0].path))
                     f.release()
+                    if rows is None:
+                        continue
+                    for row in rows:
+                        if row["record"] is None:
+                            summary.skipped += 1
+                        else:
+                            self._commit(row["key"], row["sha256"], row["record"], models, summary)
+                    state["done"] += len(chunk)
+                    report(str(chunk[-1][0].path))
         except AnalysisCancelled:
             summary.cancelled = True
             self.client.cancel(list(futures))
