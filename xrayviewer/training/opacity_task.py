@@ -77,7 +77,7 @@ WEAK_CHECK_PER_CLASS = 8
 NATURAL_SAMPLING = "each training film once per epoch (natural class shares)"  # also runs older than the option
 LOSS_NAMES = {"dice-bce": "Dice + BCE",
               "focal-tversky-bce": "focal Tversky (alpha 0.7 on misses, beta 0.3, gamma 0.75, per film) + BCE"}
-THRESHOLD_GRID = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+THRESHOLD_GRID = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 THRESHOLD_FP_BUDGET = 0.025  # Normal films with any region, when choosing the threshold (target 5%)
 AUGMENTATION = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, brightness +-0.08, "
                 "gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip (xrayviewer.training.pipeline)")
@@ -776,6 +776,8 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run in runs:
+        if not (run / "history.csv").is_file():  # e.g. a previous bundle re-evaluated: no curves
+            continue
         with open(run / "history.csv") as fh:
             rows = list(csv.DictReader(fh))
         meta = json.loads((run / "train_meta.json").read_text())
@@ -901,6 +903,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "critic_verdict": critic_verdict(comparison),
         **provenance(meta, weights),
     }
+    notes = run / "notes.json"  # free-form facts about the run (trials that did not finish, caveats)
+    if notes.is_file():
+        card["notes"] = json.loads(notes.read_text())
     write_card(dest, card)
     log.info("exported %s (%s, COVID Dice %.4f) to %s", name, meta["variant"],
              summary["targets"]["covid_dice_mean"], dest)
