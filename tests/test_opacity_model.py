@@ -17,6 +17,8 @@ from xrayviewer.opacity import MODEL_NAME, OpacityDetector, involvement
 from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
 
 WEAK_DICE_TOLERANCE = 0.02
+# Shenzhen normal films in the val part of runs/split.json (seed 0): in neither model's training.
+SHENZHEN_NORMAL_VAL = (23, 26, 28, 41, 43, 44, 50, 51, 53, 59)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,38 @@ def test_involvement_consistent_with_masks(card: modelstore.ModelCard, detector:
             assert 0.0 <= pct[side] <= 100.0
         assert sum(r.area_px for r in res.regions) == int(res.mask.sum()) == op_px["total"]
     assert abs(results[0].involvement_pct["total"] - results[-1].involvement_pct["total"]) < 3.0
+
+
+def _app_path(paths: list[Path]) -> list:
+    """Films through the app's own path: loader, one model input, lungs, opacity."""
+    from xrayviewer.imaging import load_image
+    from xrayviewer.lung import LungSegmenter
+    from xrayviewer.preprocessing import film_input
+
+    films = [film_input(load_image(p)) for p in paths]
+    lungs = LungSegmenter().segment_batch(films)
+    return OpacityDetector().analyze_batch(films, [lr.labels for lr in lungs])
+
+
+def test_normal_films_from_an_unseen_hospital_get_no_region(data_dir: Path) -> None:
+    """Shenzhen normal films (val part of the split: in neither model's training): at most
+    one of ten gets an opacity region through the app's path."""
+    folder = data_dir / "tb-shenzhen" / "Lung Segmentation" / "CXR_png"
+    results = _app_path([folder / f"CHNCXR_{n:04d}_0.png" for n in SHENZHEN_NORMAL_VAL])
+    assert sum(r.has_opacity for r in results) <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="known defect of the bundled opacity v1.1.0 (display input): "
+                   "it grades this ordinary adult CR 'severe'; issue 15 stays open until a robust-input "
+                   "generator that fixes it is bundled (strict: this test fails loudly once it passes)")
+def test_adult_chest_cr_gets_no_region(data_dir: Path) -> None:
+    result = _app_path([data_dir / "dicom" / "RG1_J2KI.dcm"])[0]
+    assert not result.has_opacity and result.grade == "none"
+
+
+def test_covid_films_get_a_region(data_dir: Path) -> None:
+    folder = data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images"
+    paths = sorted(folder.glob("*.png"))[::40][:6]
+    results = _app_path(paths)
+    assert sum(r.has_opacity for r in results) >= 5
+    assert all(r.involvement_pct["total"] < 100 for r in results)
