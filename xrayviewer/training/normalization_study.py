@@ -27,12 +27,11 @@ import numpy as np
 
 from ..preprocessing import film_input, resize, to_unit_float
 from .datasets import NORMAL, read_all, read_gray
+from .source_eval import CHEST_DICOMS
 
 log = logging.getLogger(__name__)
 
 SIZE = 128
-CHEST_DICOMS = ("RG1_J2KI.dcm", "966_fixed.dcm", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
-                "Fake_MONOHR1.dcm", "dx_image.dcm")
 
 
 def _bright_dense(image: Any) -> np.ndarray:
