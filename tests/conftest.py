@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from factories import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +36,7 @@ def data_dir() -> Path:
     found = _find_data_dir()
     if found is None:
         msg = "shared data not found (set XRAYVIEWER_DATA_DIR or put it at ../shared/data)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(msg)
     return found
 
 
