@@ -208,3 +208,44 @@ def test_importing_opacity_does_not_load_tensorflow() -> None:
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------- film-level rule
+def _with_region() -> OpacityResult:
+    lab = _lungs()
+    prob = np.zeros(lab.shape, np.float32)
+    prob[60:100, 30:70] = 0.9
+    return analyze_probability(prob, lab)
+
+
+def test_film_rule_withholds_regions_when_the_classifier_reads_normal() -> None:
+    from xrayviewer.opacity import FILM_RULE_CLASSIFIER, apply_film_rule, withheld_message
+
+    res = _with_region()
+    assert res.has_opacity and res.grade != "none"
+    out = apply_film_rule(res, FILM_RULE_CLASSIFIER, "Normal")
+    assert not out.has_opacity and out.grade == "none" and out.withheld_regions == len(res.regions) == 1
+    assert not out.mask.any() and not out.mask.flags.writeable
+    assert out.involvement_pct == {"right": 0.0, "left": 0.0, "total": 0.0}
+    assert out.extent_score == {"right": 0, "left": 0, "total": 0}
+    assert out.lung_area_px == res.lung_area_px
+    assert np.array_equal(out.probability, res.probability)  # the map stays for the overlay
+    assert out.summary()["withheld_regions"] == 1
+    assert "1 candidate region not reported" in withheld_message(1, 0.82) and "82 %" in withheld_message(1, 0.82)
+
+
+@pytest.mark.parametrize("rule, top", [("classifier-not-normal", "COVID-19"),
+                                       ("classifier-not-normal", "Other pneumonia"),
+                                       ("classifier-not-normal", None), (None, "Normal")])
+def test_film_rule_keeps_regions_otherwise(rule: str | None, top: str | None) -> None:
+    from xrayviewer.opacity import apply_film_rule
+
+    res = _with_region()
+    assert apply_film_rule(res, rule, top) is res
+
+
+def test_film_rule_unknown_is_an_error() -> None:
+    from xrayviewer.opacity import apply_film_rule
+
+    with pytest.raises(ValueError, match="unknown opacity film rule"):
+        apply_film_rule(_with_region(), "majority-vote", "Normal")

@@ -6,6 +6,7 @@ paths are covered without the bundle by tests/test_training_opacity.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,42 @@ def test_covid_films_get_a_region(data_dir: Path) -> None:
     results = _app_path(paths)
     assert sum(r.has_opacity for r in results) >= 5
     assert all(r.involvement_pct["total"] < 100 for r in results)
+
+
+def test_card_names_the_film_rule(card: modelstore.ModelCard, detector: OpacityDetector) -> None:
+    from xrayviewer.opacity import FILM_RULES
+
+    assert card.raw["film_rule"] in FILM_RULES and detector.film_rule == card.raw["film_rule"]
+
+
+def test_unknown_film_rule_in_a_card_is_refused_at_load(tmp_path: Path) -> None:
+    from xrayviewer.errors import ModelError
+
+    src = modelstore.models_dir() / MODEL_NAME
+    dst = tmp_path / MODEL_NAME
+    dst.mkdir()
+    card = json.loads((src / "card.json").read_text())
+    card["film_rule"] = "majority-vote"
+    (dst / "card.json").write_text(json.dumps(card))
+    (dst / card["weights_file"]).symlink_to(src / card["weights_file"])
+    with pytest.raises(ModelError, match="film_rule"):
+        OpacityDetector(models_root=tmp_path)
+
+
+def test_normal_nih_film_marked_by_the_generator_is_withheld_by_the_film_rule(data_dir: Path) -> None:
+    """An NIH No_findings film (val part; never in opacity training) on which the generator
+    finds a 'moderate' region: the classifier reads it as Normal, so the app reports no
+    region and says why, in the result and in the CSV row."""
+    from xrayviewer.imaging import load_image
+    from xrayviewer.inference.analyzer import Analyzer
+
+    path = data_dir / "nih" / "X-Ray Image DataSet" / "No_findings" / "00002339_012.png"
+    raw = _app_path([path])[0]
+    assert raw.has_opacity  # without the rule
+    res = Analyzer(heatmap=False).analyze(load_image(path))
+    assert res.predicted_class == "Normal"
+    assert res.regions == () and res.severity == "none" and not res.opacity_mask.any()
+    assert res.opacity_withheld_regions == len(raw.regions)
+    assert any("not reported because the classifier reads the film as Normal" in w for w in res.warnings)
+    rec = res.to_record()
+    assert rec["opacity_withheld_regions"] == len(raw.regions) and rec["opacity_regions"] == 0

@@ -48,3 +48,14 @@ def test_real_films_through_the_bundled_models(data_dir: Path, tmp_path: Path) -
     card.write_text(json.dumps({"name": "x"}))
     write_into_card(card, {"models": {}, "split": "s", "table": [summarize("qu", "Val Normal", rows[:1])]})
     assert json.loads(card.read_text())["per_source_evaluation"]["table"][0]["n"] == 1
+
+
+def test_summary_and_markdown_with_the_film_rule() -> None:
+    rows = [{"image": "a", "any_region": 0, "grade": "none", "top_class": "Normal", "withheld_regions": 2},
+            {"image": "b", "any_region": 1, "grade": "mild", "top_class": "COVID-19", "withheld_regions": 0},
+            {"image": "c", "any_region": 0, "grade": "none", "top_class": "Normal", "withheld_regions": 0}]
+    t = summarize("src", "s", rows)
+    assert t["n_withheld"] == 1 and t["n_any_region"] == 1
+    md = markdown([t])
+    assert "film rule withheld" in md and "| src | s | 3 | - | - | 1 (33.3 %) | 1 | - |" in md
+    assert summarize("src", "s", [{"image": "x", "any_region": 0, "grade": "none"}])["n_withheld"] is None

@@ -85,6 +85,8 @@ class OpacityResult:
     grade: str  # one of GRADES
     threshold: float
     min_area_px: int
+    # Regions the film-level rule did not report (see :func:`apply_film_rule`); 0 = none.
+    withheld_regions: int = 0
 
     @property
     def has_opacity(self) -> bool:
@@ -97,7 +99,8 @@ class OpacityResult:
                 "lung_area_px": dict(self.lung_area_px),
                 "opacity_area_px": dict(self.opacity_area_px),
                 "regions": [r.to_dict() for r in self.regions],
-                "threshold": self.threshold, "min_area_px": self.min_area_px}
+                "threshold": self.threshold, "min_area_px": self.min_area_px,
+                "withheld_regions": self.withheld_regions}
 
 
 # ---------------------------------------------------------------- pure figures
@@ -221,6 +224,49 @@ def analyze_probability(probability: np.ndarray, lung_labels: np.ndarray,
     )
 
 
+# ---------------------------------------------------------------- film-level rule
+#: Opacity card value of ``film_rule``: regions are reported only when the disease
+#: classifier's top class is not "Normal". Why: on films from other hospitals most false
+#: regions fall on films the classifier (another model, trained on more sources) reads as
+#: normal -- low-inspiration AP films, soft-tissue shadows over the bases. Measured on
+#: held-out parts (README, "Film-level rule"); the probability map is kept, so the
+#: overlay can still show it.
+FILM_RULE_CLASSIFIER = "classifier-not-normal"
+FILM_RULES = (FILM_RULE_CLASSIFIER,)
+NORMAL_CLASS = "Normal"
+
+
+def withheld_message(n_regions: int, probability_normal: float | None) -> str:
+    """The warning a result carries when the film-level rule withheld regions."""
+    p = f" ({100 * probability_normal:.0f} %)" if probability_normal is not None else ""
+    return (f"opacity: {n_regions} candidate region{'s' if n_regions != 1 else ''} not reported "
+            f"because the classifier reads the film as Normal{p}")
+
+
+def apply_film_rule(result: OpacityResult, rule: str | None, top_class: str | None) -> OpacityResult:
+    """The opacity result after the card's film-level rule, given the classifier's top class.
+
+    No rule, no classifier verdict, no region or a non-Normal top class: unchanged.
+    Otherwise the regions and the mask are withheld (grade "none", involvement 0) and
+    :attr:`OpacityResult.withheld_regions` counts them. Pure, so the app and the
+    per-source evaluation apply the same rule.
+    """
+    if rule is None or top_class is None or not result.regions:
+        return result
+    if rule not in FILM_RULES:
+        raise ValueError(f"unknown opacity film rule {rule!r} (known: {', '.join(FILM_RULES)})")
+    if top_class != NORMAL_CLASS:
+        return result
+    empty = np.zeros(result.mask.shape, bool)
+    empty.setflags(write=False)
+    zero_px = {k: 0 for k in result.opacity_area_px}
+    return OpacityResult(
+        probability=result.probability, mask=empty, regions=(), lung_area_px=dict(result.lung_area_px),
+        opacity_area_px=zero_px, involvement_pct={k: 0.0 for k in result.involvement_pct},
+        extent_score={k: 0 for k in result.extent_score}, grade="none", threshold=result.threshold,
+        min_area_px=result.min_area_px, withheld_regions=len(result.regions))
+
+
 # ---------------------------------------------------------------- model input
 LUNG_BOX_MARGIN = 0.06  # fraction of the box's width/height added on each side
 
@@ -289,6 +335,14 @@ class OpacityDetector:
         self.model, self.card = modelstore.load_model(name, models_root)
         self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
                                                            DEFAULT_MIN_REGION_FRACTION))
+        rule = self.card.raw.get("film_rule")
+        if rule is not None and rule not in FILM_RULES:
+            from .errors import ModelError
+
+            raise ModelError(f"{self.card.directory / 'card.json'}: unknown film_rule {rule!r} "
+                             f"(known: {', '.join(FILM_RULES)})")
+        #: The card's film-level rule (:func:`apply_film_rule`), or None.
+        self.film_rule: str | None = rule
 
     @property
     def input_size(self) -> int:

@@ -197,9 +197,12 @@ class Analyzer:
         t = time.perf_counter()
         opac: dict[int, Any] = {}
         if accepted and self._opacity is not None:
+            from ..opacity import apply_film_rule
+
             for i, res in zip(accepted, self._opacity.analyze_batch([films[i] for i in accepted],
                                                                     [lungs[i].labels for i in accepted])):
-                opac[i] = res
+                # The card's film-level rule: regions only where the classifier agrees.
+                opac[i] = apply_film_rule(res, self._opacity.film_rule, scores[i].top_class)
         self._split(timings, "opacity", time.perf_counter() - t, accepted)
         report(progress, "Done", 1.0)
 
@@ -216,6 +219,11 @@ class Analyzer:
             probs = {c: float(p) for c, p in zip(cls.labels, cls.probabilities)}
             if op is None:
                 base["warnings"] = tuple(base["warnings"]) + (OPACITY_MISSING,)
+            elif op.withheld_regions:
+                from ..opacity import withheld_message
+
+                base["warnings"] = tuple(base["warnings"]) + (
+                    withheld_message(op.withheld_regions, probs.get("Normal")),)
             out.append(AnalysisResult(
                 gate=verdicts[i],
                 probabilities=probs,
@@ -228,6 +236,7 @@ class Analyzer:
                 regions=tuple(op.regions) if op else (),
                 involvement_pct=dict(op.involvement_pct) if op else None,
                 severity=op.grade if op else None,
+                opacity_withheld_regions=op.withheld_regions if op else None,
                 **base,
             ))
         return out

@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "warnings",
     "file_sha256",
     "pixel_sha256",
+    "opacity_withheld_regions",
 )
 
 
@@ -87,6 +88,9 @@ class AnalysisResult:
     involvement_pct: dict[str, float] | None = None  # right, left, total
     severity: str | None = None
     warnings: tuple[str, ...] = ()
+    # Regions the opacity card's film-level rule did not report (the classifier read the
+    # film as Normal); None when no opacity model ran.
+    opacity_withheld_regions: int | None = None
 
     @property
     def status(self) -> str:
@@ -128,6 +132,7 @@ class AnalysisResult:
             "warnings": "; ".join(self.warnings),
             "file_sha256": self.file_sha256,
             "pixel_sha256": self.pixel_sha256,
+            "opacity_withheld_regions": self.opacity_withheld_regions,
         }
 
     def to_json(self, path: str | None = None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import numpy as np
 from ..opacity import (
     DEFAULT_MIN_REGION_FRACTION,
     DEFAULT_THRESHOLD,
+    FILM_RULE_CLASSIFIER,
     GRADES,
     LUNG_BOX_MARGIN,
     analyze_probability,
@@ -856,6 +857,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
                   "(xrayviewer.opacity.analyze_probability)",
         "threshold": summary["threshold"], "threshold_tuning": summary.get("threshold_tuning"),
         "min_region_fraction": summary["min_region_fraction"],
+        # The app's film-level rule (xrayviewer.opacity.apply_film_rule); evaluate-sources
+        # measures the model with it and writes the figures into this card.
+        "film_rule": FILM_RULE_CLASSIFIER,
         "labels": {"0": "no opacity", "1": "opacity (ground glass / consolidation)"},
         "figures": {
             "involvement": "opacity pixels in a lung / that lung's pixels x 100 (right, left, total)",

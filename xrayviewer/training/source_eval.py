@@ -29,7 +29,7 @@ import numpy as np
 
 from ..postprocess import split_lungs
 from ..preprocessing import film_input, resize
-from .datasets import COVID, NORMAL, OTHER, TUBERCULOSIS, Record, read_all, read_gray, read_mask
+from .datasets import COVID, NORMAL, OTHER, TUBERCULOSIS, Record, read_all, read_mask
 from .metrics import segmentation_metrics
 from .splits import read_split, rel_key, select
 
@@ -60,17 +60,31 @@ def _truth_grade(truth: np.ndarray, truth_lung: np.ndarray | None, min_fraction:
 
 
 def film_rows(films: list[tuple[str, Any, Record | None]], segmenter: Any, detector: Any,
-              batch: int = 16) -> list[dict[str, Any]]:
-    """Per-film figures through the app's models. ``films``: (key, image or grey array, record)."""
+              batch: int = 16, classifier: Any = None) -> list[dict[str, Any]]:
+    """Per-film figures through the app's models. ``films``: (key, image or grey array, record).
+
+    With a ``classifier`` and an opacity card that names a film-level rule, the rule is
+    applied as the app applies it (:func:`xrayviewer.opacity.apply_film_rule` on the
+    classifier's top class for the film's display image and lung mask).
+    """
+    from ..opacity import apply_film_rule
+
     rows: list[dict[str, Any]] = []
     for start in range(0, len(films), batch):
         chunk = films[start:start + batch]
         inputs = [film_input(src) for _, src, _ in chunk]
         lungs = segmenter.segment_batch(inputs)
         ops = detector.analyze_batch(inputs, [lr.labels for lr in lungs])
-        for (key, _src, rec), fi, lr, op in zip(chunk, inputs, lungs, ops):
+        tops: list[str | None] = [None] * len(chunk)
+        if classifier is not None and detector.film_rule:
+            displays = [np.asarray(src.display if hasattr(src, "display") else src) for _, src, _ in chunk]
+            tops = [c.top_class for c in classifier.predict_batch(displays, lung_masks=[lr.mask for lr in lungs])]
+            ops = [apply_film_rule(op, detector.film_rule, top) for op, top in zip(ops, tops)]
+        for (key, _src, rec), fi, lr, op, top in zip(chunk, inputs, lungs, ops, tops):
             row: dict[str, Any] = {"image": key, "any_region": int(op.has_opacity), "grade": op.grade,
                                    "involvement_pct": round(op.involvement_pct["total"], 2)}
+            if top is not None:
+                row.update(top_class=top, withheld_regions=op.withheld_regions)
             truth_lung = _resized_mask(rec.lung_mask, fi.shape) if rec else None
             if truth_lung is not None:
                 row["lung_dice"] = round(segmentation_metrics(lr.mask, truth_lung)["dice"], 5)
@@ -103,6 +117,9 @@ def summarize(source: str, subset: str, rows: list[dict[str, Any]], note: str = 
         "opacity_dice_pooled": round(2 * tp / denom, 4) if lesion and denom else None,
         "any_region_rate": round(float(np.mean([r["any_region"] for r in rows])), 4) if rows else None,
         "n_any_region": int(sum(r["any_region"] for r in rows)),
+        # films whose regions the film-level rule withheld (absent without a rule)
+        "n_withheld": int(sum(1 for r in rows if r.get("withheld_regions"))) if any(
+            "withheld_regions" in r for r in rows) else None,
         "severity_agreement": round(float(np.mean([r["grade"] == r["truth_grade"] for r in graded])), 4)
         if graded else None,
         "note": note,
@@ -110,7 +127,8 @@ def summarize(source: str, subset: str, rows: list[dict[str, Any]], note: str = 
 
 
 def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = None,
-        max_images: int | None = None, into_cards: bool = False) -> dict[str, Any]:
+        max_images: int | None = None, into_cards: bool = False,
+        classifier_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate every source; write ``out`` (JSON with per-film rows) and a Markdown table."""
     from ..imaging import load_image
     from ..lung import LungSegmenter
@@ -118,11 +136,18 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
 
     segmenter = LungSegmenter(models_root=models_dir)
     detector = OpacityDetector(models_root=models_dir)
+    classifier = None
+    if detector.film_rule:
+        from ..classifier import DiseaseClassifier
+
+        # The rule's classifier is the bundled one (models/), as in the app.
+        classifier = DiseaseClassifier(models_root=classifier_dir)
     split = read_split(split_file)
     recs = read_all(data_dir, ("covid-qu-ex", "nih", "ieee8023", "generalblockchain", "tb-shenzhen"), max_images)
 
     def films(rs: list[Record]) -> list[tuple[str, Any, Record | None]]:
-        return [(rel_key(r, data_dir), read_gray(r.image), r) for r in rs]
+        # Through the app's loader, so the classifier sees the display image it sees in the app.
+        return [(rel_key(r, data_dir), load_image(Path(r.image)), r) for r in rs]
 
     val = select(recs, split, "val", data_dir)
     groups: list[tuple[str, str, list[Record], str]] = []
@@ -153,7 +178,7 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
     for source, subset, rs, note in groups:
         if not rs:
             continue
-        rows = film_rows(films(rs), segmenter, detector)
+        rows = film_rows(films(rs), segmenter, detector, classifier=classifier)
         per_film[f"{source} {subset}"] = rows
         table.append(summarize(source, subset, rows, note))
         log.info("%s %s: %s", source, subset, {k: v for k, v in table[-1].items() if k not in ("note",)})
@@ -163,14 +188,17 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
         if path.is_file():
             dicoms.append((f"dicom/{name}", load_image(path), None))
     if dicoms:
-        rows = film_rows(dicoms, segmenter, detector)
+        rows = film_rows(dicoms, segmenter, detector, classifier=classifier)
         for r in rows:
             r["truth_grade"] = "none"  # adult chest films without reported pathology (DATA.md)
         per_film["dicom chest"] = rows
         table.append(summarize("dicom", "real chest DICOMs", rows,
                                "RG1_J2KI, 966_fixed, SIIM sample, its MONOCHROME1 twin, highdicom DX"))
-    result = {"models": {"lung": f"{segmenter.card.name} {segmenter.card.version}",
-                         "opacity": f"{detector.card.name} {detector.card.version}"},
+    models = {"lung": f"{segmenter.card.name} {segmenter.card.version}",
+              "opacity": f"{detector.card.name} {detector.card.version}"}
+    if classifier is not None:
+        models["film_rule"] = f"{detector.film_rule} ({classifier.card.name} {classifier.card.version})"
+    result = {"models": models,
               "split": str(split_file), "table": table, "per_film": per_film}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -201,12 +229,15 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def markdown(table: list[dict[str, Any]]) -> str:
     """The per-source table in Markdown (README, cards)."""
+    rule = any(t.get("n_withheld") is not None for t in table)
     lines = ["| source | films | n | lung Dice | opacity Dice per film (pooled) | films with a region | "
-             "severity agrees |", "|---|---|---|---|---|---|---|"]
+             + ("films whose regions the film rule withheld | " if rule else "") + "severity agrees |",
+             "|---|---|---|---|---|---|" + ("---|" if rule else "") + "---|"]
     for t in table:
         od = "-" if t["opacity_dice_per_film"] is None else (
             f"{t['opacity_dice_per_film']:.3f} ({_fmt(t['opacity_dice_pooled'])})")
+        wh = f"{t.get('n_withheld') if t.get('n_withheld') is not None else '-'} | " if rule else ""
         lines.append(f"| {t['source']} | {t['subset']} | {t['n']} | {_fmt(t['lung_dice'])} | {od} | "
-                     f"{t['n_any_region']} ({_fmt(t['any_region_rate'], True)}) | "
+                     f"{t['n_any_region']} ({_fmt(t['any_region_rate'], True)}) | {wh}"
                      f"{_fmt(t['severity_agreement'], True)} |")
     return "\n".join(lines) + "\n"
