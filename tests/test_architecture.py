@@ -109,7 +109,7 @@ def test_rule_checker_catches_a_violation(tmp_path: Path) -> None:
 
 def test_cli_and_imaging_do_not_load_tensorflow() -> None:
     code = (
-        "import sys, xrayviewer.cli, xrayviewer.imaging, xrayviewer.preprocessing, xrayviewer.gui.session;"
+        "import sys, xrayviewer.cli, xrayviewer.imaging, xrayviewer.modellayer.preprocessing, xrayviewer.gui.session;"
         "import xrayviewer.batch;"
         "from xrayviewer.imaging import load_image;"
         "bad=[m for m in ('tensorflow','keras','tkinter','dask','distributed') if m in sys.modules];"

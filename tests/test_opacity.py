@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xrayviewer.opacity import (GRADES, OpacityResult, analyze_probability, extent_score,
+from xrayviewer.modellayer.opacity import (GRADES, OpacityResult, analyze_probability, extent_score,
                                 find_regions, involvement, min_area_px, severity_grade)
-from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,8 +202,8 @@ def test_figures_consistent_with_real_masks(data_dir: Path) -> None:
 
 
 def test_importing_opacity_does_not_load_tensorflow() -> None:
-    code = ("import sys, xrayviewer.opacity, numpy as np\n"
-            "from xrayviewer.opacity import analyze_probability\n"
+    code = ("import sys, xrayviewer.modellayer.opacity, numpy as np\n"
+            "from xrayviewer.modellayer.opacity import analyze_probability\n"
             "analyze_probability(np.zeros((8, 8)), np.ones((8, 8), np.uint8))\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

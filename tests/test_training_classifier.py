@@ -84,8 +84,8 @@ def test_weak_check_sample_is_balanced() -> None:
 
 def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     """Train 1 step on a few real images, export, and load it through the app."""
-    from xrayviewer import modelstore
-    from xrayviewer.classifier import DiseaseClassifier
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.classifier import DiseaseClassifier
     from xrayviewer.training import classifier_task
     from xrayviewer.training.datasets import read_all
     from xrayviewer.training.splits import make_split, write_split

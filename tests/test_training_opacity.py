@@ -108,7 +108,7 @@ def test_cli_help_lists_opacity_commands() -> None:
 
 def _tiny_lung_bundle(models: Path) -> None:
     """A random-init lung model with a valid card, so evaluation can run the app's lung path."""
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.architectures import build_unet
 
     dest = models / "lung_unet"
@@ -149,7 +149,7 @@ def smoke_bundle(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_evaluation_summary_and_export(smoke_bundle: Path) -> None:
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
 
     run = smoke_bundle.parent / "pix2pix"
     summary = json.loads((run / "eval" / "summary.json").read_text())
@@ -185,9 +185,9 @@ def test_detector_on_smoke_model_real_films(smoke_bundle: Path, data_dir: Path) 
     """App path on real films at full resolution: shapes, lung restriction, figure ranges."""
     import cv2
 
-    from xrayviewer import modelstore
-    from xrayviewer.opacity import OpacityDetector
-    from xrayviewer.postprocess import split_lungs
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.opacity import OpacityDetector
+    from xrayviewer.modellayer.postprocess import split_lungs
 
     det = OpacityDetector(models_root=smoke_bundle)
     folder = data_dir / "covid-qu-ex" / "Val" / "COVID-19"
@@ -229,7 +229,7 @@ def test_continued_run_card_counts_every_stage(smoke_bundle: Path, data_dir: Pat
     """A run that continues another (--init-from <run>/model.keras) is exported with both
     commands, the summed time and epochs, its own comparison row beside its parent's, and the
     critic verdict still judged on the two first-stage runs (same schedule)."""
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.__main__ import main
 
     tmp = smoke_bundle.parent

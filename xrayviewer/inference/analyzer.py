@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging import XRayImage
-from ..preprocessing import film_input
+from ..modellayer.preprocessing import film_input
 from .control import CancelToken, ProgressFn, report
 from .result import AnalysisResult, ModelInfo
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def model_names() -> tuple[str, ...]:
     """The bundled models the pipeline uses, in pipeline order (names owned by each module)."""
-    from .. import classifier, gate, lung, opacity
+    from ..modellayer import classifier, gate, lung, opacity
 
     return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
 
@@ -43,13 +43,13 @@ def model_names() -> tuple[str, ...]:
 def optional_model_names() -> tuple[str, ...]:
     """Models whose absence (no card at all) only disables their stage, with a warning on
     every result. A present but damaged model is always an error."""
-    from .. import opacity
+    from ..modellayer import opacity
 
     return (opacity.MODEL_NAME,)
 
 
 def _bundled(name: str, root: Path | None) -> bool:
-    from ..modelstore import CARD_FILE, models_dir
+    from ..modellayer.modelstore import CARD_FILE, models_dir
 
     return ((root or models_dir()) / name / CARD_FILE).is_file()
 
@@ -77,7 +77,7 @@ class Analyzer:
     def model_infos(self) -> tuple[ModelInfo, ...]:
         """Name, version and sha256 of every bundled model, from the cards (no TensorFlow)."""
         if self._infos is None:
-            from ..modelstore import read_card
+            from ..modellayer.modelstore import read_card
 
             infos = []
             for name in model_names():
@@ -103,10 +103,10 @@ class Analyzer:
         """Configure the device and load all models (idempotent)."""
         if self.loaded:
             return
-        from ..classifier import DiseaseClassifier
-        from ..gate import DomainGate
-        from ..lung import LungSegmenter
-        from ..opacity import OpacityDetector
+        from ..modellayer.classifier import DiseaseClassifier
+        from ..modellayer.gate import DomainGate
+        from ..modellayer.lung import LungSegmenter
+        from ..modellayer.opacity import OpacityDetector
         from .device import configure_device
 
         report(progress, STAGES[0], 0.0)
@@ -166,7 +166,7 @@ class Analyzer:
         report(progress, STAGES[2], 0.25)
         t = time.perf_counter()
         lungs: dict[int, Any] = {}
-        # One model input per film (xrayviewer.preprocessing): modality values, never the
+        # One model input per film (xrayviewer.modellayer.preprocessing): modality values, never the
         # display window; each model takes the normalisation its card names from it.
         films = {i: film_input(images[i]) for i in todo}
         if todo:
@@ -241,7 +241,7 @@ class Analyzer:
 
 def require_models(models_root: Path | None = None) -> list[str]:
     """Names of bundled models that are missing or fail their card check (cheap, no TF)."""
-    from ..modelstore import read_card, verify_weights
+    from ..modellayer.modelstore import read_card, verify_weights
 
     bad = []
     for name in model_names():

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..gate import GateVerdict  # the domain gate's verdict, part of every result
+from ..modellayer.gate import GateVerdict  # the domain gate's verdict, part of every result
 
 CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
-from ..modelstore import sha256_file
-from ..preprocessing import prepare_for_model
+from ..modellayer.classifier import EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
+from ..modellayer.modelstore import sha256_file
+from ..modellayer.preprocessing import prepare_for_model
 from .classifier_metrics import (
     auc_binary,
     cross_fitted_ece,
@@ -123,7 +123,7 @@ def drop_source_and_duplicates(records: list[Record], source: str, source_record
 # ------------------------------------------------------------------ arrays
 def _lung_masks(grays: list[np.ndarray]) -> list[np.ndarray | None]:
     """Lung masks from the bundled lung model (the app uses the same one)."""
-    from ..lung import LungSegmenter
+    from ..modellayer.lung import LungSegmenter
 
     seg = LungSegmenter()
     return [r.mask for r in seg.segment_batch(grays, batch_size=32)]
@@ -335,7 +335,7 @@ def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats
     """Wall time of the app's scoring path on one image (preprocess + forward [+ lungs])."""
     seg = None
     if mode == "lung_crop":
-        from ..lung import LungSegmenter
+        from ..modellayer.lung import LungSegmenter
 
         seg = LungSegmenter()
 
@@ -547,10 +547,10 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
         "name": name, "version": version, "task": "chest X-ray classification",
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": size, "input_mode": mode,
-        "preprocessing": ("xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
+        "preprocessing": ("xrayviewer.modellayer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
                           "to input_size x input_size (area), shape (S, S, 1)"
                           + ("; applied to the lung bounding box (+8% margin) from the bundled "
-                             "lung model (xrayviewer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
+                             "lung model (xrayviewer.modellayer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
         "output": "logits (3); probabilities = softmax(logits / temperature); "
                   "layer 'cam_features' for Grad-CAM, 'embedding' for the domain gate",
         "class_names": list(CLASS_NAMES),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..modelstore import sha256_file
+from ..modellayer.modelstore import sha256_file
 
 VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
 SEGMENTATION_EVAL_FILES = {VAL_CSV: "val_metrics.csv", GB_CSV: "generalblockchain_metrics.csv"}

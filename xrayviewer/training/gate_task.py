@@ -7,7 +7,7 @@ gradients, shapes, text-like patterns, colour textures made grey, checkerboards,
 Evaluation: held-out (val-side, other patients) ieee8023 lateral/CT rows, the non-chest
 DICOMs of the bundle (hips, CT, MR), a synthetic set made with a different seed, colour
 pictures, and the pass rate on all frontal validation films -- measured through the app's
-own gate sequence (:meth:`xrayviewer.gate.DomainGate.check_batch`: ``screen`` then
+own gate sequence (:meth:`xrayviewer.modellayer.gate.DomainGate.check_batch`: ``screen`` then
 ``confirm``, as the Analyzer runs them) with the bundled classifier (all three stages).
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import softmax
-from ..preprocessing import prepare_for_model
+from ..modellayer.classifier import softmax
+from ..modellayer.preprocessing import prepare_for_model
 from .classifier_task import is_frontal_xray
 from .datasets import Record, _spread, read_all, read_gray
 from .export_common import provenance, read_meta, save_inference_model, write_card
@@ -274,7 +274,7 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
         "name": name, "version": version, "task": "domain gate: frontal chest X-ray or not",
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": meta["input_size"],
-        "preprocessing": "xrayviewer.preprocessing.prepare_for_model (grey / 255, squash-resize)",
+        "preprocessing": "xrayviewer.modellayer.preprocessing.prepare_for_model (grey / 255, squash-resize)",
         "output": "logits over [frontal chest X-ray, lateral chest X-ray, not a chest X-ray]; "
                   "softmax; image passes stage 2 when P(frontal) >= threshold",
         "threshold": meta["threshold_p_frontal"], "threshold_rule": meta["threshold_rule"],
@@ -310,9 +310,9 @@ def _rate(results: list[Any]) -> dict[str, Any]:
 def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, classifier_name: str,
              max_images: int | None, seed: int = 12345) -> dict:
     """Rejection / pass rates of the full app gate; written into the gate card."""
-    from ..classifier import DiseaseClassifier
-    from ..gate import DomainGate
     from ..imaging import load_image
+    from ..modellayer.classifier import DiseaseClassifier
+    from ..modellayer.gate import DomainGate
 
     gate = DomainGate(name, models_dir)
     clf = DiseaseClassifier(classifier_name, models_dir)

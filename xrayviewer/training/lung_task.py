@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..lung import predict_probabilities
-from ..preprocessing import LEGACY, ROBUST
-from ..postprocess import clean_binary, lung_labels
+from ..modellayer.lung import predict_probabilities
+from ..modellayer.preprocessing import LEGACY, ROBUST
+from ..modellayer.postprocess import clean_binary, lung_labels
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
     compare_runs,
@@ -207,7 +207,7 @@ def evaluate_model(model: Any, input_size: int, records: list[Record], data_dir:
         for r, p in zip(chunk, probs):
             truth = read_mask(r.lung_mask)
             if truth.shape != p.shape:  # defensive: masks are documented as image-sized
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 p = resize(p, truth.shape)
             pred = clean_binary(p, threshold)
@@ -314,11 +314,11 @@ def _short(summary: dict, meta: dict) -> dict:
 def _preprocessing_text(normalization: str) -> str:
     """The card's one-line description of the model input."""
     if normalization == ROBUST:
-        return ("xrayviewer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
+        return ("xrayviewer.modellayer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
                 "(MONOCHROME1 inverted), squash-resized (area) to input_size x input_size, mapped through "
                 "the film's rank map (256 quantiles of the central 80% of the film at 256 px, mid-rank "
                 "ties), shape (S, S, 1) in [0, 1]")
-    return ("xrayviewer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
+    return ("xrayviewer.modellayer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
             "squash-resize (area) to input_size x input_size, shape (S, S, 1)")
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..opacity import (
+from ..modellayer.opacity import (
     DEFAULT_MIN_REGION_FRACTION,
     DEFAULT_THRESHOLD,
     GRADES,
@@ -45,8 +45,8 @@ from ..opacity import (
     lung_box,
     predict_maps,
 )
-from ..preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
-from ..postprocess import split_lungs
+from ..modellayer.preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
+from ..modellayer.postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
     compare_runs,
@@ -188,7 +188,7 @@ class InputSpec:
         return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
 
     def boxes(self, films: Sequence[Any], lungs: Sequence[np.ndarray | None]) -> list[Any]:
-        from ..lung import image_shape
+        from ..modellayer.lung import image_shape
 
         if not self.crop:
             return [None] * len(films)
@@ -379,7 +379,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     t0 = time.time()
     lung_info = None
     if spec.crop:
-        from ..lung import LungSegmenter
+        from ..modellayer.lung import LungSegmenter
 
         segmenter = LungSegmenter(models_root=models_dir)
         lung_info = {"name": segmenter.card.name, "version": segmenter.card.version,
@@ -501,7 +501,7 @@ def _lung_labels_for(records: list[Record], images: list[np.ndarray], lung_sourc
     for r, img in zip(records, images):
         m = read_mask(r.lung_mask)
         if m.shape != img.shape:
-            from ..preprocessing import resize
+            from ..modellayer.preprocessing import resize
 
             m = resize(m.astype(np.uint8), img.shape, nearest=True) > 0
         out.append(split_lungs(m))
@@ -510,7 +510,7 @@ def _lung_labels_for(records: list[Record], images: list[np.ndarray], lung_sourc
 
 def _truth_figures(truth: np.ndarray, truth_lung: np.ndarray, min_fraction: float) -> tuple[float, str]:
     """Involvement % and grade of a ground-truth mask against the ground-truth lung."""
-    from ..opacity import min_area_px, severity_grade
+    from ..modellayer.opacity import min_area_px, severity_grade
 
     _, _, pct = involvement(truth & (truth_lung > 0), truth_lung)
     has = int(np.count_nonzero(truth)) >= min_area_px(truth.shape, min_fraction)
@@ -535,12 +535,12 @@ def evaluate_records(model: Any, spec: InputSpec | int, records: list[Record], d
         for r, img, p, lung in zip(chunk, imgs, probs, lungs):
             truth = read_mask(r.infection_mask)
             if truth.shape != img.shape:
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 truth = resize(truth.astype(np.uint8), img.shape, nearest=True) > 0
             truth_lung = read_mask(r.lung_mask)
             if truth_lung.shape != img.shape:
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 truth_lung = resize(truth_lung.astype(np.uint8), img.shape, nearest=True) > 0
             t_pct, t_grade = _truth_figures(truth, split_lungs(truth_lung), min_fraction)
@@ -668,7 +668,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     segmenter = None
     if lung_source in ("auto", "model"):
         try:
-            from ..lung import LungSegmenter
+            from ..modellayer.lung import LungSegmenter
 
             segmenter = LungSegmenter(models_root=models_dir)
             lung_source = "model"
@@ -847,13 +847,13 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         **({"crop_margin": meta["crop_margin"], "crop_lung_model": meta.get("crop_lung_model")}
            if meta.get("input_crop") == "lung-box" else {}),
         "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY))
-        + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.opacity.lung_box, "
+        + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.modellayer.opacity.lung_box, "
            f"margin {meta.get('crop_margin')} of the box on each side) before the resize"
            if meta.get("input_crop") == "lung-box" else ""),
         "output": "sigmoid probability of opacity per pixel, (S, S, 1) float32; resized back to the "
                   "image (or the lung box, pasted into a zero map) with mask_to_full_resolution, restricted to the lung labels of lung_unet, "
                   "thresholded, components smaller than min_region_fraction of the image dropped "
-                  "(xrayviewer.opacity.analyze_probability)",
+                  "(xrayviewer.modellayer.opacity.analyze_probability)",
         "threshold": summary["threshold"], "threshold_tuning": summary.get("threshold_tuning"),
         "min_region_fraction": summary["min_region_fraction"],
         "labels": {"0": "no opacity", "1": "opacity (ground glass / consolidation)"},

@@ -3,7 +3,7 @@
 Two layers, so the figures can be computed (and tested) without TensorFlow:
 
 * :func:`analyze_probability` -- pure numpy/scipy. Takes a full-resolution opacity
-  probability map and the lung label mask from :mod:`xrayviewer.lung` (0 background,
+  probability map and the lung label mask from :mod:`xrayviewer.modellayer.lung` (0 background,
   1 patient's right lung = image left, 2 left lung) and returns a frozen
   :class:`OpacityResult`.
 * :class:`OpacityDetector` -- loads the bundled generator (``models/opacity_generator``,
@@ -246,7 +246,7 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
                  input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
     """Full-resolution probability maps of the generator for films and crop boxes.
 
-    ``films`` are :class:`~xrayviewer.preprocessing.FilmInput` (robust input) or display
+    ``films`` are :class:`~xrayviewer.modellayer.preprocessing.FilmInput` (robust input) or display
     arrays (legacy input, boxes must be ``None``). Shared by the app and the training
     evaluation, so both measure one code path.
     """

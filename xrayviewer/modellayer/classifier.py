@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
 from . import modelstore
-from .errors import ModelError
 from .preprocessing import prepare_for_model, resize
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Lung-field segmentation with the bundled U-Net.
 
-Input: films (an ``XRayImage``, a :class:`~xrayviewer.preprocessing.FilmInput` or a 2-D
+Input: films (an ``XRayImage``, a :class:`~xrayviewer.modellayer.preprocessing.FilmInput` or a 2-D
 grey array, any size). Output: per image, the lung probability at the input's full
 resolution and a label mask 0/1/2 (1 = patient's right lung = image left). The model sees
 exactly the training preprocessing (:func:`prepare_for_model` with the normalisation its

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def models_dir() -> Path:
     meipass = getattr(sys, "_MEIPASS", None)
     if getattr(sys, "frozen", False) and meipass:
         return Path(meipass) / "models"
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ModelCard:
     sha256: str
     directory: Path
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # The model input the weights were trained on (xrayviewer.preprocessing); cards written
+    # The model input the weights were trained on (xrayviewer.modellayer.preprocessing); cards written
     # before the robust input existed lack the field and mean the legacy display input.
     input_normalization: str = "display-v1"
 
