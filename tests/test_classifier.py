@@ -25,7 +25,9 @@ def card() -> modelstore.ModelCard:
 
 @pytest.fixture(scope="module")
 def classifier() -> DiseaseClassifier:
-    return DiseaseClassifier()
+    from xrayviewer.modellayer.lung import LungSegmenter
+
+    return DiseaseClassifier(lung_segmenter=LungSegmenter())
 
 
 
@@ -84,6 +86,14 @@ def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, d
     # Batch and single-image paths agree.
     np.testing.assert_allclose(classifier.predict_batch([img])[0].probabilities, res.probabilities,
                                atol=1e-5)
+
+
+def test_lung_masks_come_from_the_caller(data_dir: Path) -> None:
+    """The classifier loads no other model: without a lung segmenter or a mask its heatmap is
+    the unmasked Grad-CAM (the Analyzer always hands it the lung model's masks)."""
+    path = sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0]
+    res = DiseaseClassifier().predict(read_gray(path))
+    assert res.heatmap is not None and not res.heatmap_masked
 
 
 def test_batched_heatmaps_equal_single_image_heatmaps(classifier: DiseaseClassifier, data_dir: Path) -> None:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import modelstore
+from .common import BundledModel, predict_probabilities
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
-from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
 
@@ -46,43 +44,10 @@ class LungResult:
         return self.labels == LEFT_LUNG
 
 
-def image_shape(image: Any) -> tuple[int, int]:
-    """(rows, cols) of an array, an ``XRayImage`` or a ``FilmInput``."""
-    shape = image.shape if hasattr(image, "shape") else np.shape(image)
-    return (int(shape[0]), int(shape[1]))
-
-
-def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
-                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
-    """Model-resolution probabilities resized back to each image's full resolution.
-
-    Shared by the app and the training evaluation so both measure the same code path.
-    Uses ``model(x, training=False)`` (no ``predict`` overhead, BN in inference mode).
-    """
-    out: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = np.stack([prepare_for_model(img, input_size, normalization) for img in chunk])
-        y = model(x, training=False)
-        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
-        for img, p in zip(chunk, prob):
-            out.append(mask_to_full_resolution(p, image_shape(img)))
-    return out
-
-
-class LungSegmenter:
+class LungSegmenter(BundledModel):
     """Loads the bundled lung model once (verified against its card) and segments images."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def normalization(self) -> str:
-        return self.card.input_normalization
+    model_name = MODEL_NAME
 
     def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
         """Segment several films (arrays must be 2-D grey; any size)."""

@@ -42,8 +42,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from . import modelstore
+from .common import BundledModel, forward, image_shape
 from .postprocess import LEFT_LUNG, RIGHT_LUNG
+from .preprocessing import ROBUST, film_input, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +251,6 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
     arrays (legacy input, boxes must be ``None``). Shared by the app and the training
     evaluation, so both measure one code path.
     """
-    from .lung import image_shape
-    from .preprocessing import ROBUST, film_input, mask_to_full_resolution, prepare_for_model
-
     out: list[np.ndarray] = []
     for start in range(0, len(films), batch_size):
         chunk = list(films[start:start + batch_size])
@@ -267,9 +265,7 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
                 if box is not None:
                     raise ValueError("lung-box crops need the robust input")
                 xs.append(prepare_for_model(film, input_size, normalization))
-        y = model(np.stack(xs), training=False)
-        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
-        for film, box, p in zip(chunk, bchunk, prob):
+        for film, box, p in zip(chunk, bchunk, forward(model, np.stack(xs))):
             shape = image_shape(film)
             if box is None:
                 out.append(mask_to_full_resolution(p, shape))
@@ -282,21 +278,15 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
 
 
 # ---------------------------------------------------------------- model
-class OpacityDetector:
+class OpacityDetector(BundledModel):
     """Loads the bundled opacity generator once (verified against its card)."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
+    model_name = MODEL_NAME
+
+    def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
+        super().__init__(name, models_root)
         self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
                                                            DEFAULT_MIN_REGION_FRACTION))
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def normalization(self) -> str:
-        return self.card.input_normalization
 
     @property
     def crops_to_lungs(self) -> bool:
@@ -309,8 +299,6 @@ class OpacityDetector:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
         if self.crops_to_lungs:
-            from .lung import image_shape
-
             labels = lung_labels if lung_labels is not None else [None] * len(images)
             margin = float(self.card.raw.get("crop_margin", LUNG_BOX_MARGIN))
             boxes: list[tuple[int, int, int, int] | None] = [

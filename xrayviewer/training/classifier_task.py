@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.classifier import EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
+from ..modellayer.classifier import EMBEDDING_LAYER, crop_to_lungs
+from ..modellayer.common import mahalanobis, softmax
 from ..modellayer.modelstore import sha256_file
 from ..modellayer.preprocessing import prepare_for_model
 from .classifier_metrics import (

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.classifier import softmax
+from ..modellayer.common import softmax
 from ..modellayer.preprocessing import prepare_for_model
 from .classifier_task import is_frontal_xray
 from .datasets import Record, _spread, read_all, read_gray
@@ -313,9 +313,11 @@ def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, clas
     from ..imaging import load_image
     from ..modellayer.classifier import DiseaseClassifier
     from ..modellayer.gate import DomainGate
+    from ..modellayer.lung import LungSegmenter
 
     gate = DomainGate(name, models_dir)
-    clf = DiseaseClassifier(classifier_name, models_dir)
+    # As in the app: the classifier takes its lung masks (a lung_crop input) from the lung model.
+    clf = DiseaseClassifier(classifier_name, models_dir, lung_segmenter=LungSegmenter(models_root=models_dir))
     split = read_split(split_file)
     va = gate_records(data_dir, split, "val", max_images)
     tr = gate_records(data_dir, split, "train", max_images)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.lung import predict_probabilities
+from ..modellayer.common import predict_probabilities
 from ..modellayer.preprocessing import LEGACY, ROBUST
 from ..modellayer.postprocess import clean_binary, lung_labels
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask

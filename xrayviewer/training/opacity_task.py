@@ -188,7 +188,7 @@ class InputSpec:
         return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
 
     def boxes(self, films: Sequence[Any], lungs: Sequence[np.ndarray | None]) -> list[Any]:
-        from ..modellayer.lung import image_shape
+        from ..modellayer.common import image_shape
 
         if not self.crop:
             return [None] * len(films)
