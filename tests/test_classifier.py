@@ -91,7 +91,7 @@ def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, d
 def test_lung_masks_come_from_the_caller(data_dir: Path) -> None:
     """The classifier loads no other model: without a lung segmenter or a mask its heatmap is
     the unmasked Grad-CAM (the Analyzer always hands it the lung model's masks)."""
-    path = sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0]
+    path = min((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))
     res = DiseaseClassifier().predict(read_gray(path))
     assert res.heatmap is not None and not res.heatmap_masked
 

@@ -12,11 +12,10 @@ import pytest
 from xrayviewer.training.classifier_task import (
     CLASS_NAMES,
     drop_source_and_duplicates,
-    is_frontal_xray,
     markdown_table,
     weak_check_sample,
 )
-from xrayviewer.training.datasets import Record
+from xrayviewer.training.datasets import Record, is_frontal_xray
 from xrayviewer.training.gate_task import SYNTHETIC_KINDS, colour_pictures, synthetic_images
 
 

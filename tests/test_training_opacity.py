@@ -211,8 +211,8 @@ def test_detector_on_smoke_model_real_films(smoke_bundle: Path, data_dir: Path) 
 
 
 def test_warm_start_from_lung_unet_copies_all_but_head(tmp_path: Path) -> None:
-    from xrayviewer.training.architectures import build_unet
-    from xrayviewer.training.opacity_task import build_generator, warm_start
+    from xrayviewer.training.architectures import build_unet, warm_start
+    from xrayviewer.training.opacity_task import build_generator
 
     lung = build_unet(32, 4, 2)
     lung.save(tmp_path / "lung.keras")

@@ -43,28 +43,20 @@ from .classifier_metrics import (
     sens_spec,
     youden_threshold,
 )
-from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray
+from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, write_card
-from .lung_task import hardware_info, library_versions
+from .runinfo import hardware_info, library_versions, start_run, training_sets
 from .splits import NEAR_DUP_CORR, read_split, rel_key
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = (NORMAL, COVID, OTHER)
-FRONTAL_VIEWS = frozenset({"PA", "AP", "AP Supine", "AP Erect", "AP semi erect"})
 SOURCES = ("covid-qu-ex", "nih", "ieee8023")
 MODEL_FILE = "model.keras"
 WEAK_CHECK_PER_CLASS = 20
 
 
 # ------------------------------------------------------------------ records
-def is_frontal_xray(r: Record) -> bool:
-    """COVID-QU-Ex and NIH are frontal by construction; ieee8023 rows say so in metadata."""
-    if r.source in ("ieee8023", "generalblockchain"):
-        return (r.modality or "") == "X-ray" and (r.view or "") in FRONTAL_VIEWS
-    return True
-
-
 def labelled_frontal(records: list[Record]) -> list[Record]:
     return [r for r in records if r.label in CLASS_NAMES and is_frontal_xray(r)]
 
@@ -223,18 +215,12 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
 
     from .classifier_architectures import build_classifier
 
-    keras.utils.set_random_seed(seed)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    out.mkdir(parents=True, exist_ok=True)
+    start_run(out, seed=seed, mixed_precision=mixed_precision)
     t0 = time.time()
     split = read_split(split_file)
     sets = _datasets_for_run(data_dir, split, max_images, exclude_source, cache_dir)
-    tr, va = sets["train"], sets["val"]
-    if train_fraction < 1.0:
-        tr = _spread(tr, max(1, round(len(tr) * train_fraction)))
-    if not tr or not va:
-        raise SystemExit(f"no training/validation images (train {len(tr)}, val {len(va)})")
+    va = sets["val"]
+    tr = training_sets(sets["train"], va, train_fraction)
     xtr, ytr = load_inputs(tr, input_size, input_mode, cache_dir), labels_of(tr)
     xva, yva = load_inputs(va, input_size, input_mode, cache_dir), labels_of(va)
     counts = np.bincount(ytr, minlength=len(CLASS_NAMES))

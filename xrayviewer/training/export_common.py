@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modellayer.modelstore import sha256_file
+from ..modellayer.preprocessing import ROBUST
 
 VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
 SEGMENTATION_EVAL_FILES = {VAL_CSV: "val_metrics.csv", GB_CSV: "generalblockchain_metrics.csv"}
@@ -46,6 +47,17 @@ def write_segmentation_eval(run: Path, summary: dict, val_rows: list[dict], gb_r
     write_csv(ev / VAL_CSV, val_rows)
     write_csv(ev / GB_CSV, gb_rows)
     (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def preprocessing_text(normalization: str) -> str:
+    """The card's one-line description of a segmentation model's input."""
+    if normalization == ROBUST:
+        return ("xrayviewer.modellayer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
+                "(MONOCHROME1 inverted), squash-resized (area) to input_size x input_size, mapped through "
+                "the film's rank map (256 quantiles of the central 80% of the film at 256 px, mid-rank "
+                "ties), shape (S, S, 1) in [0, 1]")
+    return ("xrayviewer.modellayer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
+            "squash-resize (area) to input_size x input_size, shape (S, S, 1)")
 
 
 def parent_run(meta: dict[str, Any]) -> Path | None:

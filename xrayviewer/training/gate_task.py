@@ -27,10 +27,9 @@ import numpy as np
 
 from ..modellayer.common import softmax
 from ..modellayer.preprocessing import prepare_for_model
-from .classifier_task import is_frontal_xray
-from .datasets import Record, _spread, read_all, read_gray
+from .datasets import Record, _spread, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, read_meta, save_inference_model, write_card
-from .lung_task import hardware_info, library_versions
+from .runinfo import hardware_info, library_versions, start_run
 from .splits import read_split, rel_key
 
 log = logging.getLogger(__name__)
@@ -208,8 +207,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, input_size: int, width
 
     from .classifier_architectures import build_gate
 
-    keras.utils.set_random_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
+    start_run(out, seed=seed)
     t0 = time.time()
     split = read_split(split_file)
     tr = gate_records(data_dir, split, "train", max_images)

@@ -52,21 +52,15 @@ from .export_common import (
     compare_runs,
     copy_segmentation_evals,
     lineage,
+    preprocessing_text,
     provenance,
     start_export,
     total_epochs,
     write_card,
     write_segmentation_eval,
 )
-from .lung_task import (
-    AUGMENTATION_ROBUST,
-    _preprocessing_text,
-    _source_counts,
-    hardware_info,
-    library_versions,
-    prepare_run,
-)
 from .metrics import aggregate, segmentation_metrics, time_call
+from .runinfo import AUGMENTATION_ROBUST, hardware_info, library_versions, prepare_run, source_counts
 from .splits import read_split, rel_key, select
 
 log = logging.getLogger(__name__)
@@ -267,32 +261,6 @@ def make_train_step(generator: Any, critic: Any | None, g_opt: Any, d_opt: Any |
     return step
 
 
-def warm_start(generator: Any, source: Path) -> list[str]:
-    """Copy weights from a saved Keras model (e.g. the bundled lung U-Net) layer by layer.
-
-    Only layers with the same name and the same weight shapes are copied, so the lung model
-    (same U-Net layout, other head) initialises the whole encoder/decoder: lung anatomy is
-    the context every opacity lies in, and a 2-core CPU affords few epochs. Returns the
-    names of the copied layers.
-    """
-    import keras
-
-    src = keras.saving.load_model(source, compile=False)
-    by_name = {layer.name: layer for layer in src.layers}
-    copied = []
-    for layer in generator.layers:
-        other = by_name.get(layer.name)
-        if other is None or not layer.weights:
-            continue
-        w = other.get_weights()
-        if [a.shape for a in w] == [tuple(v.shape) for v in layer.weights]:
-            layer.set_weights(w)
-            copied.append(layer.name)
-    log.info("warm start from %s: %d of %d weighted layers copied", source, len(copied),
-             sum(1 for layer in generator.layers if layer.weights))
-    return copied
-
-
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(history[0]))
@@ -361,6 +329,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     import keras
     import tensorflow as tf
 
+    from .architectures import warm_start
     from .pipeline import load_arrays, make_dataset
 
     if variant not in VARIANTS:
@@ -469,7 +438,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "seg_loss": loss, "adv_warmup_epochs": adv_warmup_epochs if critic is not None else None,
         "input_normalization": normalization, "input_crop": input_crop if spec.crop else "none",
         "crop_margin": spec.margin if spec.crop else None, "crop_lung_model": lung_info,
-        "train_sources": _source_counts(train_recs), "negatives": negatives,
+        "train_sources": source_counts(train_recs), "negatives": negatives,
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
                                 "(empty-vs-empty = 1) at model resolution, specks below the app's "
                                 "smallest region dropped first; the last epoch is kept as model_last.keras",
@@ -846,7 +815,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "input_crop": meta.get("input_crop", "none"),
         **({"crop_margin": meta["crop_margin"], "crop_lung_model": meta.get("crop_lung_model")}
            if meta.get("input_crop") == "lung-box" else {}),
-        "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY))
+        "preprocessing": preprocessing_text(meta.get("input_normalization", LEGACY))
         + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.modellayer.opacity.lung_box, "
            f"margin {meta.get('crop_margin')} of the box on each side) before the resize"
            if meta.get("input_crop") == "lung-box" else ""),
