@@ -41,7 +41,7 @@ DASK_MODULE = "xrayviewer.batch.cluster"
 MODEL_LAYER = "xrayviewer.modellayer"
 MODEL_MODULES = frozenset(f"{MODEL_LAYER}.{m}" for m in ("lung", "classifier", "gate", "opacity"))
 SHARED_MODEL_MODULES = frozenset({MODEL_LAYER} | {f"{MODEL_LAYER}.{m}" for m in
-                                                  ("common", "modelstore", "preprocessing", "postprocess")})
+                                                  ("cards", "common", "modelstore", "preprocessing", "postprocess")})
 TENSORFLOW_ROOMS = {"modellayer", "inference", "training"}
 TASK = re.compile(r"^(xrayviewer\.training\.\w+_task)(\.|$)")
 

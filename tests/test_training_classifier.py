@@ -106,6 +106,7 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
                            tmp_path / "split.json", tmp_path / "cache")
     card = modelstore.read_card("xray_classifier", models)
     assert card.raw["temperature"] > 0 and card.raw["class_names"] == list(CLASS_NAMES)
+    assert card.schema_version == 1  # the export writes the card schema (and checked it on the way out)
     clf = DiseaseClassifier(models_root=models)
     res = clf.predict_batch([np.full((50, 60), 128, np.uint8)])[0]
     assert res.probabilities.sum() == pytest.approx(1.0)

@@ -115,7 +115,8 @@ def _tiny_lung_bundle(models: Path) -> None:
     dest.mkdir(parents=True)
     build_unet(32, 2, 2).save(dest / "lung_unet.keras")
     card = {k: "" for k in modelstore.REQUIRED_FIELDS}
-    card.update(name="lung_unet", version="0", input_size=32, threshold=0.5, labels={}, training_data={},
+    card.update(schema_version=1, name="lung_unet", version="0", input_size=32, threshold=0.5,
+                labels={"0": "background", "1": "right lung", "2": "left lung"}, training_data={},
                 metrics={}, wall_time_s=0, hardware={}, library_versions={}, weights_file="lung_unet.keras",
                 sha256=modelstore.sha256_file(dest / "lung_unet.keras"))
     (dest / "card.json").write_text(json.dumps(card))

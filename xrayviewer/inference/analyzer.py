@@ -33,11 +33,28 @@ from .result import AnalysisResult, ModelInfo
 
 log = logging.getLogger(__name__)
 
+def _model_classes() -> tuple[Any, ...]:
+    """The pipeline's models, in pipeline order (no TensorFlow until one is instantiated)."""
+    from ..modellayer.classifier import DiseaseClassifier
+    from ..modellayer.gate import DomainGate
+    from ..modellayer.lung import LungSegmenter
+    from ..modellayer.opacity import OpacityDetector
+
+    return (DomainGate, LungSegmenter, DiseaseClassifier, OpacityDetector)
+
+
 def model_names() -> tuple[str, ...]:
     """The bundled models the pipeline uses, in pipeline order (names owned by each module)."""
-    from ..modellayer import classifier, gate, lung, opacity
+    return tuple(m.model_name for m in _model_classes())
 
-    return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
+
+def read_model_card(name: str, root: Path | None = None) -> Any:
+    """A pipeline model's card, checked against the schema with that model's own section
+    (no TensorFlow): a card the code would refuse at load is refused here already."""
+    from ..modellayer.modelstore import read_card
+
+    sections = {m.model_name: m.card_section for m in _model_classes()}
+    return read_card(name, root, sections[name])
 
 
 def optional_model_names() -> tuple[str, ...]:
@@ -77,13 +94,11 @@ class Analyzer:
     def model_infos(self) -> tuple[ModelInfo, ...]:
         """Name, version and sha256 of every bundled model, from the cards (no TensorFlow)."""
         if self._infos is None:
-            from ..modellayer.modelstore import read_card
-
             infos = []
             for name in model_names():
                 if name in optional_model_names() and not _bundled(name, self.models_root):
                     continue
-                card = read_card(name, self.models_root)
+                card = read_model_card(name, self.models_root)
                 infos.append(ModelInfo(card.name, str(card.version), card.sha256))
             self._infos = tuple(infos)
         return self._infos
@@ -241,14 +256,14 @@ class Analyzer:
 
 def require_models(models_root: Path | None = None) -> list[str]:
     """Names of bundled models that are missing or fail their card check (cheap, no TF)."""
-    from ..modellayer.modelstore import read_card, verify_weights
+    from ..modellayer.modelstore import verify_weights
 
     bad = []
     for name in model_names():
         if name in optional_model_names() and not _bundled(name, models_root):
             continue
         try:
-            verify_weights(read_card(name, models_root))
+            verify_weights(read_model_card(name, models_root))
         except ModelError as exc:
             bad.append(f"{name}: {exc}")
     return bad

@@ -28,12 +28,16 @@ import numpy as np
 
 from ..errors import ModelError
 from . import modelstore
+from .cards import CardFields
 from .common import BundledModel, softmax
 from .preprocessing import prepare_for_model, resize
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "xray_classifier"
+# The network's outputs, in order (the card's class_names must say the same; results.csv's columns).
+CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
+INPUT_MODES = ("full", "lung_crop")
 CAM_LAYER = "cam_features"
 EMBEDDING_LAYER = "embedding"
 # A lung mask smaller than this fraction of the image is not trusted for cropping.
@@ -117,6 +121,39 @@ class ClassificationResult:
         }
 
 
+# ------------------------------------------------------------------ card
+@dataclass(frozen=True)
+class ClassifierCard:
+    """The classifier's part of its card (schema 1)."""
+
+    class_names: tuple[str, ...]  # == CLASS_NAMES, the order of the logits
+    temperature: float  # calibration: probabilities = softmax(logits / temperature)
+    input_mode: str  # one of INPUT_MODES
+    operating_points: dict[str, float]  # class -> calibrated probability that flags it
+    embedding_stats_file: str | None  # the gate's Mahalanobis statistics, next to the card
+    embedding_stats_sha256: str | None
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> ClassifierCard:
+        names = f.texts("class_names")
+        if names != CLASS_NAMES:
+            raise f.error("class_names", f"{list(names)} differ from the code's class order {list(CLASS_NAMES)}: "
+                                         "scores would be reported under the wrong names")
+        f.label_order("labels", CLASS_NAMES)
+        points = {}
+        for c, op in f.mapping("operating_points").items():
+            if c not in CLASS_NAMES or not isinstance(op, dict):
+                raise f.error("operating_points", f"entry {c!r} is not one of {list(CLASS_NAMES)} with a threshold")
+            points[c] = CardFields(op, f.path).number("threshold", low=0.0, high=1.0)
+        stats = f.text("embedding_stats_file", None)
+        sha = f.text("embedding_stats_sha256", None)
+        if stats and not sha:
+            raise f.error("embedding_stats_sha256", "missing: the embedding statistics file needs its sha256")
+        return cls(class_names=names, temperature=f.number("temperature", above=0.0),
+                   input_mode=f.choice("input_mode", INPUT_MODES), operating_points=points,
+                   embedding_stats_file=stats or None, embedding_stats_sha256=sha)
+
+
 # ------------------------------------------------------------------ classifier
 class DiseaseClassifier(BundledModel):
     """Bundled classifier, verified against its card. ``lung_segmenter`` (anything with
@@ -124,16 +161,16 @@ class DiseaseClassifier(BundledModel):
     of such a call is not masked and a ``lung_crop`` input uses the whole film."""
 
     model_name = MODEL_NAME
+    card_section = ClassifierCard
 
     def __init__(self, name: str | None = None, models_root: Path | None = None,
                  lung_segmenter: Any | None = None) -> None:
         super().__init__(name, models_root)
-        raw = self.card.raw
-        self.labels: tuple[str, ...] = tuple(raw["class_names"])
-        self.temperature = float(raw.get("temperature", 1.0))
-        self.input_mode = str(raw.get("input_mode", "full"))
-        self.thresholds: dict[str, float] = {
-            k: float(v["threshold"]) for k, v in raw.get("operating_points", {}).items()}
+        section: ClassifierCard = self.card.section
+        self.labels: tuple[str, ...] = section.class_names
+        self.temperature = section.temperature
+        self.input_mode = section.input_mode
+        self.thresholds: dict[str, float] = dict(section.operating_points)
         self._lung = lung_segmenter
         import keras  # lazy
 
@@ -147,11 +184,11 @@ class DiseaseClassifier(BundledModel):
 
     def _load_embedding_stats(self) -> dict[str, np.ndarray] | None:
         """Mean/precision of training embeddings (used by the domain gate), sha-checked."""
-        fname = self.card.raw.get("embedding_stats_file")
-        if not fname:
+        section: ClassifierCard = self.card.section
+        if not section.embedding_stats_file:
             return None
-        path = self.card.directory / fname
-        if not path.is_file() or modelstore.sha256_file(path) != self.card.raw.get("embedding_stats_sha256"):
+        path = self.card.directory / section.embedding_stats_file
+        if not path.is_file() or modelstore.sha256_file(path) != section.embedding_stats_sha256:
             raise ModelError("embedding statistics missing or do not match the card", path)
         with np.load(path) as z:
             return {k: z[k] for k in z.files}

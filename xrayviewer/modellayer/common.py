@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import modelstore
+from .cards import CardSection
 from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
 
 
@@ -78,15 +79,17 @@ def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
 
 # ------------------------------------------------------------------ loaded model
 class BundledModel:
-    """A bundled network, loaded once (cached by ``modelstore``) and verified against its card.
+    """A bundled network, loaded once (cached by ``modelstore``) and verified against its card,
+    whose typed section (:attr:`card_section`) is then ``self.card.section``.
 
     Subclasses name their folder under ``models/`` in :attr:`model_name`; ``name`` loads
     another one (a freshly exported model, a test copy)."""
 
     model_name: ClassVar[str]
+    card_section: ClassVar[type[CardSection] | None] = None
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name or self.model_name, models_root)
+        self.model, self.card = modelstore.load_model(name or self.model_name, models_root, self.card_section)
 
     @property
     def input_size(self) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .cards import CardFields
 from .common import BundledModel, forward, mahalanobis, softmax
 from .preprocessing import prepare_for_model
 
@@ -114,10 +115,23 @@ def grey_pixels(image: Any) -> np.ndarray:
     return np.asarray(getattr(image, "display", image))
 
 
+@dataclass(frozen=True)
+class GateCard:
+    """The gate's part of its card (schema 1): its ``labels`` name :data:`GATE_CLASSES` in the
+    network's output order (``threshold``, common to every card, is the minimum P(frontal))."""
+
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> GateCard:
+        return cls(f.label_order("labels", GATE_CLASSES))
+
+
 class DomainGate(BundledModel):
     """Loads the gate CNN (verified against its card) and applies all three stages."""
 
     model_name = MODEL_NAME
+    card_section = GateCard
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .cards import CardFields
 from .common import BundledModel, predict_probabilities
-from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
+from .postprocess import BACKGROUND, LABEL_NAMES, LEFT_LUNG, RIGHT_LUNG, lung_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,28 @@ class LungResult:
         return self.labels == LEFT_LUNG
 
 
+@dataclass(frozen=True)
+class LungCard:
+    """The lung model's part of its card (schema 1): ``labels`` 1 and 2 are the right and left
+    lung of :mod:`~xrayviewer.modellayer.postprocess` (1 = patient's right = image left)."""
+
+    labels: dict[str, str]
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> LungCard:
+        labels = {str(k): str(v) for k, v in f.mapping("labels").items()}
+        expected = {str(BACKGROUND): "", **{str(k): v for k, v in LABEL_NAMES.items()}}
+        if set(labels) != set(expected) or not all(labels[k].startswith(v) for k, v in expected.items()):
+            raise f.error("labels", f"{labels} do not name the code's label values "
+                                    f"(0 background, 1 {LABEL_NAMES[RIGHT_LUNG]}, 2 {LABEL_NAMES[LEFT_LUNG]})")
+        return cls(labels)
+
+
 class LungSegmenter(BundledModel):
     """Loads the bundled lung model once (verified against its card) and segments images."""
 
     model_name = MODEL_NAME
+    card_section = LungCard
 
     def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
         """Segment several films (arrays must be 2-D grey; any size)."""

@@ -1,9 +1,11 @@
 """Locate, verify and load the bundled models (``models/<name>/card.json`` + weights).
 
-Every load checks the card and the SHA-256 of the weights file before Keras sees it, so a
-truncated download or a tampered file fails with a :class:`ModelError` naming the file
-instead of a Keras stack trace or, worse, silently wrong output. TensorFlow/Keras are
-imported lazily so importing this module stays cheap.
+Every load checks the card against its schema (:mod:`~xrayviewer.modellayer.cards`) and the
+SHA-256 of the weights file before Keras sees it, and the card's input size against the
+network's, so a truncated download, a tampered file or a card that does not fit the code fails
+with a :class:`ModelError` naming the file (a :class:`CardError` also names the field) instead
+of a Keras stack trace or, worse, silently wrong output. TensorFlow/Keras are imported lazily
+so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -14,22 +16,18 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from .cards import CARD_FILE, REQUIRED_FIELDS, CardSection, ModelCard, check_input_shape, parse_card
+
+__all__ = ["CARD_FILE", "ENV_MODELS_DIR", "REQUIRED_FIELDS", "ModelCard", "clear_cache", "load_model",
+           "models_dir", "read_card", "sha256_file", "verify_weights"]
 
 log = logging.getLogger(__name__)
 
 ENV_MODELS_DIR = "XRAYVIEWER_MODELS_DIR"
-CARD_FILE = "card.json"
-REQUIRED_FIELDS = (
-    "name", "version", "architecture", "input_size", "preprocessing", "output",
-    "threshold", "labels", "training_data", "metrics", "training_command",
-    "wall_time_s", "hardware", "library_versions", "weights_file", "sha256",
-)
-
 _cache: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
 
@@ -45,82 +43,17 @@ def models_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "models"
 
 
-@dataclass(frozen=True)
-class ModelCard:
-    """The model card of a bundled model (the JSON is the source of truth; ``raw`` keeps all)."""
-
-    name: str
-    version: str
-    architecture: str
-    input_size: int
-    preprocessing: str
-    output: str
-    threshold: float
-    labels: dict[str, str]
-    training_data: dict[str, Any]
-    metrics: dict[str, Any]
-    training_command: str
-    wall_time_s: float
-    hardware: dict[str, Any]
-    library_versions: dict[str, str]
-    weights_file: str
-    sha256: str
-    directory: Path
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # The model input the weights were trained on (xrayviewer.modellayer.preprocessing); cards written
-    # before the robust input existed lack the field and mean the legacy display input.
-    input_normalization: str = "display-v1"
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / self.weights_file
-
-
-def read_card(name: str, root: Path | None = None) -> ModelCard:
-    """Read and validate ``<models>/<name>/card.json``."""
-    directory = (root or models_dir()) / name
-    path = directory / CARD_FILE
+def read_card(name: str, root: Path | None = None, section: type[CardSection] | None = None) -> ModelCard:
+    """Read and validate ``<models>/<name>/card.json`` against the card schema
+    (:mod:`~xrayviewer.modellayer.cards`), with the model's own ``section`` when given."""
+    path = (root or models_dir()) / name / CARD_FILE
     if not path.is_file():
         raise ModelError("model card not found", path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"model card unreadable: {exc}", path) from exc
-    if not isinstance(data, dict):
-        raise ModelError("model card is not a JSON object", path)
-    missing = [k for k in REQUIRED_FIELDS if k not in data]
-    if missing:
-        raise ModelError(f"model card lacks required fields {missing}", path)
-    if data["name"] != name:
-        raise ModelError(f"card names model {data['name']!r}, expected {name!r}", path)
-    try:
-        input_size = int(data["input_size"])
-        threshold = float(data["threshold"])
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"bad input_size/threshold in card: {exc}", path) from exc
-    sha = str(data["sha256"]).lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise ModelError("card sha256 is not a 64-hex-digit digest", path)
-    from .preprocessing import LEGACY, NORMALIZATIONS
-
-    norm = str(data.get("input_normalization", LEGACY))
-    if norm not in NORMALIZATIONS:
-        raise ModelError(f"card names an input normalization this version does not know: {norm!r} "
-                         f"(known: {', '.join(NORMALIZATIONS)}); update xrayviewer", path)
-    wf = str(data["weights_file"])
-    if Path(wf).name != wf:
-        raise ModelError(f"weights_file must be a bare file name, got {wf!r}", path)
-    return ModelCard(
-        name=name, version=str(data["version"]), architecture=str(data["architecture"]),
-        input_size=input_size, preprocessing=str(data["preprocessing"]),
-        output=str(data["output"]), threshold=threshold,
-        labels={str(k): str(v) for k, v in dict(data["labels"]).items()},
-        training_data=dict(data["training_data"]), metrics=dict(data["metrics"]),
-        training_command=str(data["training_command"]),
-        wall_time_s=float(data["wall_time_s"]), hardware=dict(data["hardware"]),
-        library_versions=dict(data["library_versions"]), weights_file=wf, sha256=sha,
-        directory=directory, raw=data, input_normalization=norm,
-    )
+    return parse_card(data, path, name, section)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -147,23 +80,27 @@ def verify_weights(card: ModelCard) -> Path:
     return path
 
 
-def load_model(name: str, root: Path | None = None) -> tuple[Any, ModelCard]:
-    """Verified, cached (model, card). Raises :class:`ModelError` naming the bad file."""
-    card = read_card(name, root)
+def load_model(name: str, root: Path | None = None,
+               section: type[CardSection] | None = None) -> tuple[Any, ModelCard]:
+    """Verified, cached (model, card): the card checked against its schema (and ``section``),
+    the weights against its sha256, the network's input shape against its ``input_size``.
+    Raises :class:`ModelError` naming the bad file (:class:`CardError`: also the field)."""
+    card = read_card(name, root, section)
     key = (str(card.directory.resolve()), card.sha256)
     with _lock:
-        if key in _cache:
-            return _cache[key], card
-        path = verify_weights(card)
-        try:
-            import keras  # lazy: TensorFlow start-up is seconds
+        model = _cache.get(key)
+        if model is None:
+            path = verify_weights(card)
+            try:
+                import keras  # lazy: TensorFlow start-up is seconds
 
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as exc:
-            raise ModelError(f"Keras cannot load the model: {exc}", path) from exc
-        log.info("loaded model %s v%s from %s", name, card.version, path)
-        _cache[key] = model
-        return model, card
+                model = keras.saving.load_model(path, compile=False)
+            except Exception as exc:
+                raise ModelError(f"Keras cannot load the model: {exc}", path) from exc
+            log.info("loaded model %s v%s from %s", name, card.version, path)
+            _cache[key] = model
+    check_input_shape(card, model)  # the same weights may come with another card
+    return model, card
 
 
 def clear_cache() -> None:

@@ -42,9 +42,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .cards import CardFields
 from .common import BundledModel, forward, image_shape
 from .postprocess import LEFT_LUNG, RIGHT_LUNG
-from .preprocessing import ROBUST, film_input, mask_to_full_resolution, prepare_for_model
+from .preprocessing import LEGACY, ROBUST, film_input, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
 
@@ -278,19 +279,41 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
 
 
 # ---------------------------------------------------------------- model
+INPUT_CROPS = ("none", "lung-box")
+
+
+@dataclass(frozen=True)
+class OpacityCard:
+    """The opacity generator's part of its card (schema 1); cards from before the lung-box
+    crop lack ``input_crop`` (the whole film) and ``crop_margin``."""
+
+    min_region_fraction: float
+    input_crop: str  # one of INPUT_CROPS
+    crop_margin: float  # fraction of the lung box added on each side
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> OpacityCard:
+        crop = f.choice("input_crop", INPUT_CROPS, "none")
+        if crop == "lung-box" and f.value("input_normalization", LEGACY) != ROBUST:
+            raise f.error("input_crop", f"lung-box crops need the {ROBUST} input (input_normalization)")
+        return cls(min_region_fraction=f.number("min_region_fraction", DEFAULT_MIN_REGION_FRACTION,
+                                                low=0.0, high=0.5),
+                   input_crop=crop, crop_margin=f.number("crop_margin", LUNG_BOX_MARGIN, low=0.0, high=1.0))
+
+
 class OpacityDetector(BundledModel):
     """Loads the bundled opacity generator once (verified against its card)."""
 
     model_name = MODEL_NAME
+    card_section = OpacityCard
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)
-        self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
-                                                           DEFAULT_MIN_REGION_FRACTION))
+        self.min_region_fraction = self.card.section.min_region_fraction
 
     @property
     def crops_to_lungs(self) -> bool:
-        return self.card.raw.get("input_crop") == "lung-box"
+        return self.card.section.input_crop == "lung-box"
 
     def probabilities(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None,
                       batch_size: int = 8) -> list[np.ndarray]:
@@ -300,7 +323,7 @@ class OpacityDetector(BundledModel):
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
         if self.crops_to_lungs:
             labels = lung_labels if lung_labels is not None else [None] * len(images)
-            margin = float(self.card.raw.get("crop_margin", LUNG_BOX_MARGIN))
+            margin = self.card.section.crop_margin
             boxes: list[tuple[int, int, int, int] | None] = [
                 lung_box(lab, image_shape(img), margin) for img, lab in zip(images, labels)]
         else:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.classifier import EMBEDDING_LAYER, crop_to_lungs
+from ..modellayer.classifier import EMBEDDING_LAYER, ClassifierCard, crop_to_lungs
 from ..modellayer.common import mahalanobis, softmax
 from ..modellayer.modelstore import sha256_file
 from ..modellayer.preprocessing import prepare_for_model
@@ -588,7 +588,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
         "intended_use": "research only; not a medical device. Public COVID data confound class "
                         "with source: see source_disjoint.",
     }
-    write_card(dest, card)
+    write_card(dest, card, ClassifierCard)
     with open(dest / "comparison.csv", "w", newline="") as fh:
         keys_all = sorted({k for r in rows for k in r})
         w = csv.DictWriter(fh, fieldnames=keys_all)

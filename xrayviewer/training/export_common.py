@@ -1,4 +1,5 @@
-"""What every model export shares: reading an evaluated run, its lineage, the card's provenance.
+"""What every model export shares: reading an evaluated run, its lineage, the card's provenance,
+and writing the card in the app's card schema (checked by reading it back as the app does).
 
 A run may continue another one (``--init-from <run>/model.keras``): its card must then name
 every command and count every second and epoch that produced the weights, not only the last
@@ -15,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..modellayer.modelstore import sha256_file
+from ..modellayer.cards import CARD_FILE, SCHEMA_VERSION, CardSection
+from ..modellayer.modelstore import read_card, sha256_file
 from ..modellayer.preprocessing import ROBUST
 
 VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
@@ -139,7 +141,11 @@ def compare_runs(runs: list[Path], short: Callable[[dict, dict], dict]) -> dict[
     return rows
 
 
-def write_card(dest: Path, card: dict[str, Any]) -> Path:
-    path = dest / "card.json"
-    path.write_text(json.dumps(card, indent=1, default=float))
+def write_card(dest: Path, card: dict[str, Any], section: type[CardSection]) -> Path:
+    """``<dest>/card.json`` with the current ``schema_version``, then read back through the
+    app's card checks with the model's ``section`` (``modellayer.cards``), so an export never
+    leaves a card the app would refuse (raises :class:`~xrayviewer.errors.CardError`)."""
+    path = dest / CARD_FILE
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **card}, indent=1, default=float))
+    read_card(dest.name, dest.parent, section)
     return path

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..modellayer.common import softmax
+from ..modellayer.gate import GATE_CLASSES, GateCard
 from ..modellayer.preprocessing import prepare_for_model
 from .datasets import Record, _spread, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, read_meta, save_inference_model, write_card
@@ -276,7 +277,7 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
         "output": "logits over [frontal chest X-ray, lateral chest X-ray, not a chest X-ray]; "
                   "softmax; image passes stage 2 when P(frontal) >= threshold",
         "threshold": meta["threshold_p_frontal"], "threshold_rule": meta["threshold_rule"],
-        "labels": {"0": "frontal chest X-ray", "1": "lateral chest X-ray", "2": "not a chest X-ray"},
+        "labels": {str(i): c for i, c in enumerate(GATE_CLASSES)},
         "stages": ["header: modality / body part / view position / colour picture",
                    "gate CNN: P(frontal) >= threshold",
                    "Mahalanobis distance on the classifier embedding <= its validation 99.5% quantile"],
@@ -288,7 +289,7 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
         "metrics": {},
         **provenance(meta, weights),
     }
-    write_card(dest, card)
+    write_card(dest, card, GateCard)
     return dest
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..modellayer.common import predict_probabilities
+from ..modellayer.lung import LungCard
 from ..modellayer.postprocess import clean_binary, lung_labels
 from ..modellayer.preprocessing import LEGACY, ROBUST
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
@@ -332,6 +333,6 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
     notes = run / "notes.json"  # free-form facts about the run (benchmarks, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
-    write_card(dest, card)
+    write_card(dest, card, LungCard)
     log.info("exported %s (val Dice %.4f) to %s", name, v["dice"]["mean"], dest)
     return dest

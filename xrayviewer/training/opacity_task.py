@@ -40,6 +40,7 @@ from ..modellayer.opacity import (
     DEFAULT_THRESHOLD,
     GRADES,
     LUNG_BOX_MARGIN,
+    OpacityCard,
     analyze_probability,
     involvement,
     lung_box,
@@ -875,7 +876,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
     notes = run / "notes.json"  # free-form facts about the run (trials that did not finish, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
-    write_card(dest, card)
+    write_card(dest, card, OpacityCard)
     log.info("exported %s (%s, COVID Dice %.4f) to %s", name, meta["variant"],
              summary["targets"]["covid_dice_mean"], dest)
     return dest
