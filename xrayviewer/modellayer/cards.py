@@ -72,10 +72,10 @@ class CardFields:
         v = self.value(name, default)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise self.error(name, f"must be a finite number, got {v!r}")
-        if (low is not None and v < low) or (high is not None and v > high) or (above is not None and v <= above):
-            bounds = ", ".join(s for s in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None
-                                           else "", f"> {above}" if above is not None else "") if s)
-            raise self.error(name, f"must be {bounds}, got {v!r}")
+        broken = [rule for rule, ok in ((f">= {low}", low is None or v >= low), (f"<= {high}", high is None or v <= high),
+                                        (f"> {above}", above is None or v > above)) if not ok]
+        if broken:
+            raise self.error(name, f"must be {' and '.join(broken)}, got {v!r}")
         return float(v)
 
     def integer(self, name: str, *, low: int | None = None) -> int:
