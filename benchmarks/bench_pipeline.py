@@ -45,9 +45,9 @@ def naive_baseline(paths: list[Path]) -> float:
     import numpy as np
     from PIL import Image
 
-    from xrayviewer import modelstore
     from xrayviewer.inference.analyzer import Analyzer
-    from xrayviewer.preprocessing import prepare_for_model
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.preprocessing import prepare_for_model
 
     # The same models the pipeline uses (the opacity model only when it is bundled).
     models = [modelstore.load_model(m.name) for m in Analyzer().model_infos()]

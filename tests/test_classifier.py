@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from factories import read_gray
 
-from xrayviewer import modelstore
-from xrayviewer.classifier import MODEL_NAME, DiseaseClassifier
 from xrayviewer.errors import ModelError
+from xrayviewer.modellayer import modelstore
+from xrayviewer.modellayer.classifier import MODEL_NAME, DiseaseClassifier
 from xrayviewer.training.classifier_metrics import macro_auc
 
 CLASSES = ("Normal", "COVID-19", "Other pneumonia")
@@ -25,7 +25,9 @@ def card() -> modelstore.ModelCard:
 
 @pytest.fixture(scope="module")
 def classifier() -> DiseaseClassifier:
-    return DiseaseClassifier()
+    from xrayviewer.modellayer.lung import LungSegmenter
+
+    return DiseaseClassifier(lung_segmenter=LungSegmenter())
 
 
 
@@ -67,7 +69,7 @@ def test_weak_correctness_on_fixed_sample(card: modelstore.ModelCard, classifier
 
 
 def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, data_dir: Path) -> None:
-    from xrayviewer.lung import LungSegmenter
+    from xrayviewer.modellayer.lung import LungSegmenter
 
     path = sorted((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))[0]
     img = read_gray(path)
@@ -86,9 +88,17 @@ def test_heatmap_is_lung_masked_and_image_sized(classifier: DiseaseClassifier, d
                                atol=1e-5)
 
 
+def test_lung_masks_come_from_the_caller(data_dir: Path) -> None:
+    """The classifier loads no other model: without a lung segmenter or a mask its heatmap is
+    the unmasked Grad-CAM (the Analyzer always hands it the lung model's masks)."""
+    path = min((data_dir / "covid-qu-ex" / "Val" / "COVID-19" / "images").glob("*.png"))
+    res = DiseaseClassifier().predict(read_gray(path))
+    assert res.heatmap is not None and not res.heatmap_masked
+
+
 def test_batched_heatmaps_equal_single_image_heatmaps(classifier: DiseaseClassifier, data_dir: Path) -> None:
     """The analyzer's batched Grad-CAM gives each image the heatmap of its own top class."""
-    from xrayviewer.lung import LungSegmenter
+    from xrayviewer.modellayer.lung import LungSegmenter
 
     root = data_dir / "covid-qu-ex" / "Val"
     paths = [sorted((root / c / "images").glob("*.png"))[1] for c in ("COVID-19", "Normal", "Non-COVID")]

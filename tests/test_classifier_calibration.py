@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from xrayviewer.classifier import lung_box, mahalanobis, softmax
+from xrayviewer.modellayer.classifier import lung_box
+from xrayviewer.modellayer.common import mahalanobis, softmax
 from xrayviewer.training.classifier_metrics import (
     auc_binary,
     cross_fitted_ece,

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from xrayviewer import modelstore
-from xrayviewer.classifier import DiseaseClassifier
-from xrayviewer.gate import ACCEPTED, MODEL_NAME, DomainGate, check_header
 from xrayviewer.imaging import load_image
 from xrayviewer.imaging.raster import colour_fraction
+from xrayviewer.modellayer import modelstore
+from xrayviewer.modellayer.classifier import DiseaseClassifier
+from xrayviewer.modellayer.gate import ACCEPTED, MODEL_NAME, DomainGate, check_header
 
 
 @pytest.fixture(scope="module")

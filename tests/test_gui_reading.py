@@ -12,8 +12,8 @@ from factories import png_bytes
 from test_batch import ThresholdAnalyzer
 from test_gui import app, pump  # noqa: F401 - the fixture
 
-from xrayviewer.gate import GateVerdict
 from xrayviewer.gui import theme
+from xrayviewer.modellayer.gate import GateVerdict
 
 
 def _ready(app) -> None:  # noqa: F811

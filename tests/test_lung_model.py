@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from factories import read_gray
 
-from xrayviewer import modelstore
 from xrayviewer.errors import ModelError
-from xrayviewer.lung import MODEL_NAME, LungSegmenter
-from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG
+from xrayviewer.modellayer import modelstore
+from xrayviewer.modellayer.lung import MODEL_NAME, LungSegmenter
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG
 
 # Full-val Dice of the bundled model at export (COVID-QU-Ex Val, 632 images); v1.0.0 reached
 # 0.9701 on the display input, v2.0.0 0.9683 on the robust input (a known, stated -0.002).

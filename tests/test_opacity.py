@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xrayviewer.opacity import (GRADES, OpacityResult, analyze_probability, extent_score,
+from xrayviewer.modellayer.opacity import (GRADES, OpacityResult, analyze_probability, extent_score,
                                 find_regions, involvement, min_area_px, severity_grade)
-from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,8 +202,8 @@ def test_figures_consistent_with_real_masks(data_dir: Path) -> None:
 
 
 def test_importing_opacity_does_not_load_tensorflow() -> None:
-    code = ("import sys, xrayviewer.opacity, numpy as np\n"
-            "from xrayviewer.opacity import analyze_probability\n"
+    code = ("import sys, xrayviewer.modellayer.opacity, numpy as np\n"
+            "from xrayviewer.modellayer.opacity import analyze_probability\n"
             "analyze_probability(np.zeros((8, 8)), np.ones((8, 8), np.uint8))\n"
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -219,7 +219,7 @@ def _with_region() -> OpacityResult:
 
 
 def test_film_rule_withholds_regions_when_the_classifier_reads_normal() -> None:
-    from xrayviewer.opacity import FILM_RULE_CLASSIFIER, apply_film_rule, withheld_message
+    from xrayviewer.modellayer.opacity import FILM_RULE_CLASSIFIER, apply_film_rule, withheld_message
 
     res = _with_region()
     assert res.has_opacity and res.grade != "none"
@@ -238,14 +238,14 @@ def test_film_rule_withholds_regions_when_the_classifier_reads_normal() -> None:
                                        ("classifier-not-normal", "Other pneumonia"),
                                        ("classifier-not-normal", None), (None, "Normal")])
 def test_film_rule_keeps_regions_otherwise(rule: str | None, top: str | None) -> None:
-    from xrayviewer.opacity import apply_film_rule
+    from xrayviewer.modellayer.opacity import apply_film_rule
 
     res = _with_region()
     assert apply_film_rule(res, rule, top) is res
 
 
 def test_film_rule_unknown_is_an_error() -> None:
-    from xrayviewer.opacity import apply_film_rule
+    from xrayviewer.modellayer.opacity import apply_film_rule
 
     with pytest.raises(ValueError, match="unknown opacity film rule"):
         apply_film_rule(_with_region(), "majority-vote", "Normal")

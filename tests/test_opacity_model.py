@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from factories import read_gray
 
-from xrayviewer import modelstore
-from xrayviewer.opacity import MODEL_NAME, OpacityDetector, involvement
-from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
+from xrayviewer.modellayer import modelstore
+from xrayviewer.modellayer.opacity import MODEL_NAME, OpacityDetector, involvement
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
 
 WEAK_DICE_TOLERANCE = 0.02
 # Shenzhen normal films in the val part of runs/split.json (seed 0): in neither model's training.
@@ -36,7 +36,7 @@ def detector() -> OpacityDetector:
 def _lungs(card: modelstore.ModelCard, images: list[np.ndarray], paths: list[Path]) -> list[np.ndarray]:
     """Lung labels from the same source the card's evaluation used."""
     if card.metrics.get("lung_source") == "model":
-        from xrayviewer.lung import LungSegmenter
+        from xrayviewer.modellayer.lung import LungSegmenter
 
         return [r.labels for r in LungSegmenter().segment_batch(images)]
     return [split_lungs(read_gray(p.parent.parent / "lung masks" / p.name) > 127) for p in paths]
@@ -110,8 +110,8 @@ def test_involvement_consistent_with_masks(card: modelstore.ModelCard, detector:
 def _app_path(paths: list[Path]) -> list:
     """Films through the app's own path: loader, one model input, lungs, opacity."""
     from xrayviewer.imaging import load_image
-    from xrayviewer.lung import LungSegmenter
-    from xrayviewer.preprocessing import film_input
+    from xrayviewer.modellayer.lung import LungSegmenter
+    from xrayviewer.modellayer.preprocessing import film_input
 
     films = [film_input(load_image(p)) for p in paths]
     lungs = LungSegmenter().segment_batch(films)
@@ -143,7 +143,7 @@ def test_covid_films_get_a_region(data_dir: Path) -> None:
 
 
 def test_card_names_the_film_rule(card: modelstore.ModelCard, detector: OpacityDetector) -> None:
-    from xrayviewer.opacity import FILM_RULES
+    from xrayviewer.modellayer.opacity import FILM_RULES
 
     assert card.raw["film_rule"] in FILM_RULES and detector.film_rule == card.raw["film_rule"]
 

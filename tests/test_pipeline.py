@@ -55,8 +55,8 @@ def test_without_the_opacity_model_results_say_so(tmp_path: Path, data_dir: Path
     says the opacity figures are missing instead of showing none."""
     import shutil
 
-    from xrayviewer import modelstore
-    from xrayviewer.opacity import MODEL_NAME as OPACITY
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.opacity import MODEL_NAME as OPACITY
 
     for name in model_names():
         if name != OPACITY:

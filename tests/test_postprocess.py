@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xrayviewer.postprocess import LEFT_LUNG, RIGHT_LUNG, clean_binary, lung_labels, split_lungs
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, clean_binary, lung_labels, split_lungs
 
 
 def _two_lungs(h: int = 100, w: int = 120) -> np.ndarray:

@@ -14,9 +14,9 @@ import pytest
 
 from xrayviewer.errors import ModelError
 from xrayviewer.imaging import load_image
-from xrayviewer.modelstore import read_card
-from xrayviewer.opacity import lung_box
-from xrayviewer.preprocessing import LEGACY, ROBUST, FilmInput, film_input, prepare_for_model
+from xrayviewer.modellayer.modelstore import read_card
+from xrayviewer.modellayer.opacity import lung_box
+from xrayviewer.modellayer.preprocessing import LEGACY, ROBUST, FilmInput, film_input, prepare_for_model
 
 SIZE = 128
 SIIM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"

@@ -11,10 +11,10 @@ import pytest
 from factories import make_dicom, png_bytes
 from test_batch import ThresholdAnalyzer
 
-from xrayviewer.gate import GateVerdict
 from xrayviewer.gui import readout
 from xrayviewer.gui.session import ViewerSession
 from xrayviewer.imaging import load_image
+from xrayviewer.modellayer.gate import GateVerdict
 from xrayviewer.rendering import ViewState
 from xrayviewer.rendering.overlay import OverlayOptions
 from xrayviewer.settings import Settings

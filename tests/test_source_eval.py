@@ -32,8 +32,8 @@ def test_summarize_and_markdown() -> None:
 
 def test_real_films_through_the_bundled_models(data_dir: Path, tmp_path: Path) -> None:
     from xrayviewer.imaging import load_image
-    from xrayviewer.lung import LungSegmenter
-    from xrayviewer.opacity import OpacityDetector
+    from xrayviewer.modellayer.lung import LungSegmenter
+    from xrayviewer.modellayer.opacity import OpacityDetector
     from xrayviewer.training.datasets import read_gray
 
     qu = data_dir / "covid-qu-ex" / "Val" / "Normal"

@@ -226,7 +226,7 @@ def test_cli_help() -> None:
 
 
 def test_cli_end_to_end_one_step(data_dir: Path, tmp_path: Path) -> None:
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.__main__ import main
 
     common = ["--data-dir", str(data_dir), "--max-images", "6"]

@@ -12,11 +12,10 @@ import pytest
 from xrayviewer.training.classifier_task import (
     CLASS_NAMES,
     drop_source_and_duplicates,
-    is_frontal_xray,
     markdown_table,
     weak_check_sample,
 )
-from xrayviewer.training.datasets import Record
+from xrayviewer.training.datasets import Record, is_frontal_xray
 from xrayviewer.training.gate_task import SYNTHETIC_KINDS, colour_pictures, synthetic_images
 
 
@@ -84,8 +83,8 @@ def test_weak_check_sample_is_balanced() -> None:
 
 def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     """Train 1 step on a few real images, export, and load it through the app."""
-    from xrayviewer import modelstore
-    from xrayviewer.classifier import DiseaseClassifier
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.classifier import DiseaseClassifier
     from xrayviewer.training import classifier_task
     from xrayviewer.training.datasets import read_all
     from xrayviewer.training.splits import make_split, write_split
@@ -107,6 +106,7 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
                            tmp_path / "split.json", tmp_path / "cache")
     card = modelstore.read_card("xray_classifier", models)
     assert card.raw["temperature"] > 0 and card.raw["class_names"] == list(CLASS_NAMES)
+    assert card.schema_version == 1  # the export writes the card schema (and checked it on the way out)
     clf = DiseaseClassifier(models_root=models)
     res = clf.predict_batch([np.full((50, 60), 128, np.uint8)])[0]
     assert res.probabilities.sum() == pytest.approx(1.0)

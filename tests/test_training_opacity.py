@@ -108,14 +108,15 @@ def test_cli_help_lists_opacity_commands() -> None:
 
 def _tiny_lung_bundle(models: Path) -> None:
     """A random-init lung model with a valid card, so evaluation can run the app's lung path."""
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.architectures import build_unet
 
     dest = models / "lung_unet"
     dest.mkdir(parents=True)
     build_unet(32, 2, 2).save(dest / "lung_unet.keras")
     card = {k: "" for k in modelstore.REQUIRED_FIELDS}
-    card.update(name="lung_unet", version="0", input_size=32, threshold=0.5, labels={}, training_data={},
+    card.update(schema_version=1, name="lung_unet", version="0", input_size=32, threshold=0.5,
+                labels={"0": "background", "1": "right lung", "2": "left lung"}, training_data={},
                 metrics={}, wall_time_s=0, hardware={}, library_versions={}, weights_file="lung_unet.keras",
                 sha256=modelstore.sha256_file(dest / "lung_unet.keras"))
     (dest / "card.json").write_text(json.dumps(card))
@@ -149,7 +150,7 @@ def smoke_bundle(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_evaluation_summary_and_export(smoke_bundle: Path) -> None:
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
 
     run = smoke_bundle.parent / "pix2pix"
     summary = json.loads((run / "eval" / "summary.json").read_text())
@@ -185,9 +186,9 @@ def test_detector_on_smoke_model_real_films(smoke_bundle: Path, data_dir: Path) 
     """App path on real films at full resolution: shapes, lung restriction, figure ranges."""
     import cv2
 
-    from xrayviewer import modelstore
-    from xrayviewer.opacity import OpacityDetector
-    from xrayviewer.postprocess import split_lungs
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.modellayer.opacity import OpacityDetector
+    from xrayviewer.modellayer.postprocess import split_lungs
 
     det = OpacityDetector(models_root=smoke_bundle)
     folder = data_dir / "covid-qu-ex" / "Val" / "COVID-19"
@@ -211,8 +212,8 @@ def test_detector_on_smoke_model_real_films(smoke_bundle: Path, data_dir: Path) 
 
 
 def test_warm_start_from_lung_unet_copies_all_but_head(tmp_path: Path) -> None:
-    from xrayviewer.training.architectures import build_unet
-    from xrayviewer.training.opacity_task import build_generator, warm_start
+    from xrayviewer.training.architectures import build_unet, warm_start
+    from xrayviewer.training.opacity_task import build_generator
 
     lung = build_unet(32, 4, 2)
     lung.save(tmp_path / "lung.keras")
@@ -229,7 +230,7 @@ def test_continued_run_card_counts_every_stage(smoke_bundle: Path, data_dir: Pat
     """A run that continues another (--init-from <run>/model.keras) is exported with both
     commands, the summed time and epochs, its own comparison row beside its parent's, and the
     critic verdict still judged on the two first-stage runs (same schedule)."""
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.__main__ import main
 
     tmp = smoke_bundle.parent

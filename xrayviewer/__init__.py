@@ -1,9 +1,9 @@
 """xrayviewer: an offline chest X-ray viewer with bundled deep-learning analysis.
 
 Research software, not a medical device. The package is split into rooms with
-one-way doors (see README, "Architecture"): imaging -> preprocessing -> modelstore
--> (inference) -> rendering/reporting/batch -> cli/gui. ``training`` and ``gui`` are
-leaves that nothing else imports.
+one-way doors (see README, "Architecture"): imaging -> modellayer (model input, cards,
+the models) -> inference -> rendering/reporting/batch -> cli/gui. ``training`` and ``gui``
+are leaves that nothing else imports.
 """
 
 __version__ = "0.1.0"

@@ -60,3 +60,14 @@ class ImageTooLargeError(ImageLoadError):
 
 class ModelError(XRayViewerError):
     """A bundled model is missing, tampered with, or its card does not match."""
+
+
+class CardError(ModelError):
+    """A model card breaks its contract (``xrayviewer.modellayer.cards``): an unknown schema
+    version, a required field missing, or a value the code does not accept (a label order
+    other than the code's, an input size other than the network's). Names the card file
+    (:attr:`source`) and the field (:attr:`field`)."""
+
+    def __init__(self, message: str, source: str | Path | None = None, *, field: str) -> None:
+        self.field = field
+        super().__init__(f"card field {field!r}: {message}", source)

@@ -27,29 +27,46 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging import XRayImage
-from ..preprocessing import film_input
+from ..modellayer.preprocessing import film_input
 from .control import CancelToken, ProgressFn, report
 from .result import AnalysisResult, ModelInfo
 
 log = logging.getLogger(__name__)
 
+def _model_classes() -> tuple[Any, ...]:
+    """The pipeline's models, in pipeline order (no TensorFlow until one is instantiated)."""
+    from ..modellayer.classifier import DiseaseClassifier
+    from ..modellayer.gate import DomainGate
+    from ..modellayer.lung import LungSegmenter
+    from ..modellayer.opacity import OpacityDetector
+
+    return (DomainGate, LungSegmenter, DiseaseClassifier, OpacityDetector)
+
+
 def model_names() -> tuple[str, ...]:
     """The bundled models the pipeline uses, in pipeline order (names owned by each module)."""
-    from .. import classifier, gate, lung, opacity
+    return tuple(m.model_name for m in _model_classes())
 
-    return (gate.MODEL_NAME, lung.MODEL_NAME, classifier.MODEL_NAME, opacity.MODEL_NAME)
+
+def read_model_card(name: str, root: Path | None = None) -> Any:
+    """A pipeline model's card, checked against the schema with that model's own section
+    (no TensorFlow): a card the code would refuse at load is refused here already."""
+    from ..modellayer.modelstore import read_card
+
+    sections = {m.model_name: m.card_section for m in _model_classes()}
+    return read_card(name, root, sections[name])
 
 
 def optional_model_names() -> tuple[str, ...]:
     """Models whose absence (no card at all) only disables their stage, with a warning on
     every result. A present but damaged model is always an error."""
-    from .. import opacity
+    from ..modellayer import opacity
 
     return (opacity.MODEL_NAME,)
 
 
 def _bundled(name: str, root: Path | None) -> bool:
-    from ..modelstore import CARD_FILE, models_dir
+    from ..modellayer.modelstore import CARD_FILE, models_dir
 
     return ((root or models_dir()) / name / CARD_FILE).is_file()
 
@@ -77,13 +94,11 @@ class Analyzer:
     def model_infos(self) -> tuple[ModelInfo, ...]:
         """Name, version and sha256 of every bundled model, from the cards (no TensorFlow)."""
         if self._infos is None:
-            from ..modelstore import read_card
-
             infos = []
             for name in model_names():
                 if name in optional_model_names() and not _bundled(name, self.models_root):
                     continue
-                card = read_card(name, self.models_root)
+                card = read_model_card(name, self.models_root)
                 infos.append(ModelInfo(card.name, str(card.version), card.sha256))
             self._infos = tuple(infos)
         return self._infos
@@ -103,10 +118,10 @@ class Analyzer:
         """Configure the device and load all models (idempotent)."""
         if self.loaded:
             return
-        from ..classifier import DiseaseClassifier
-        from ..gate import DomainGate
-        from ..lung import LungSegmenter
-        from ..opacity import OpacityDetector
+        from ..modellayer.classifier import DiseaseClassifier
+        from ..modellayer.gate import DomainGate
+        from ..modellayer.lung import LungSegmenter
+        from ..modellayer.opacity import OpacityDetector
         from .device import configure_device
 
         report(progress, STAGES[0], 0.0)
@@ -166,7 +181,7 @@ class Analyzer:
         report(progress, STAGES[2], 0.25)
         t = time.perf_counter()
         lungs: dict[int, Any] = {}
-        # One model input per film (xrayviewer.preprocessing): modality values, never the
+        # One model input per film (xrayviewer.modellayer.preprocessing): modality values, never the
         # display window; each model takes the normalisation its card names from it.
         films = {i: film_input(images[i]) for i in todo}
         if todo:
@@ -197,7 +212,7 @@ class Analyzer:
         t = time.perf_counter()
         opac: dict[int, Any] = {}
         if accepted and self._opacity is not None:
-            from ..opacity import apply_film_rule
+            from ..modellayer.opacity import apply_film_rule
 
             for i, res in zip(accepted, self._opacity.analyze_batch([films[i] for i in accepted],
                                                                     [lungs[i].labels for i in accepted])):
@@ -220,7 +235,7 @@ class Analyzer:
             if op is None:
                 base["warnings"] = tuple(base["warnings"]) + (OPACITY_MISSING,)
             elif op.withheld_regions:
-                from ..opacity import withheld_message
+                from ..modellayer.opacity import withheld_message
 
                 base["warnings"] = tuple(base["warnings"]) + (
                     withheld_message(op.withheld_regions, probs.get("Normal")),)
@@ -250,14 +265,14 @@ class Analyzer:
 
 def require_models(models_root: Path | None = None) -> list[str]:
     """Names of bundled models that are missing or fail their card check (cheap, no TF)."""
-    from ..modelstore import read_card, verify_weights
+    from ..modellayer.modelstore import verify_weights
 
     bad = []
     for name in model_names():
         if name in optional_model_names() and not _bundled(name, models_root):
             continue
         try:
-            verify_weights(read_card(name, models_root))
+            verify_weights(read_model_card(name, models_root))
         except ModelError as exc:
             bad.append(f"{name}: {exc}")
     return bad

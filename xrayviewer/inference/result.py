@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..gate import GateVerdict  # the domain gate's verdict, part of every result
-
-CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
+# The classifier's output order (checked against its card), re-exported for reports and the viewer.
+from ..modellayer.classifier import CLASS_NAMES  # noqa: F401
+from ..modellayer.gate import GateVerdict  # the domain gate's verdict, part of every result
 
 CSV_COLUMNS = (
     "path",

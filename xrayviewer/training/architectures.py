@@ -1,4 +1,4 @@
-"""Segmentation architectures: a plain U-Net and a residual U-Net.
+"""Segmentation architectures: a plain U-Net and a residual U-Net, and warm starts between them.
 
 Both are deliberately small (tens to hundreds of thousands of parameters, a few MB on
 disk) because they must train on a 2-core CPU and run interactively in the viewer. The
@@ -8,10 +8,14 @@ probabilities.
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from pathlib import Path
+from typing import Any, Literal
 
 import keras
 from keras import layers
+
+log = logging.getLogger(__name__)
 
 Variant = Literal["unet", "resunet"]
 
@@ -75,3 +79,27 @@ def build_unet(
         x = layers.Activation("relu", name="head_relu")(x)
     out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=head_name)(x)
     return keras.Model(inp, out, name=name or f"lung_{variant}")
+
+
+def warm_start(generator: Any, source: Path) -> list[str]:
+    """Copy weights from a saved Keras model (e.g. the bundled lung U-Net) layer by layer.
+
+    Only layers with the same name and the same weight shapes are copied, so the lung model
+    (same U-Net layout, other head) initialises the whole encoder/decoder: lung anatomy is
+    the context every opacity lies in, and a 2-core CPU affords few epochs. Returns the
+    names of the copied layers.
+    """
+    src = keras.saving.load_model(source, compile=False)
+    by_name = {layer.name: layer for layer in src.layers}
+    copied = []
+    for layer in generator.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        w = other.get_weights()
+        if [a.shape for a in w] == [tuple(v.shape) for v in layer.weights]:
+            layer.set_weights(w)
+            copied.append(layer.name)
+    log.info("warm start from %s: %d of %d weighted layers copied", source, len(copied),
+             sum(1 for layer in generator.layers if layer.weights))
+    return copied

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize, stats
 
-from ..classifier import softmax
+from ..modellayer.common import softmax
 
 
 def auc_binary(y: np.ndarray, score: np.ndarray) -> float:

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import EMBEDDING_LAYER, crop_to_lungs, mahalanobis, softmax
-from ..modelstore import sha256_file
-from ..preprocessing import prepare_for_model
+from ..modellayer.classifier import EMBEDDING_LAYER, ClassifierCard, crop_to_lungs
+from ..modellayer.common import mahalanobis, softmax
+from ..modellayer.modelstore import sha256_file
+from ..modellayer.preprocessing import prepare_for_model
 from .classifier_metrics import (
     auc_binary,
     cross_fitted_ece,
@@ -42,28 +43,20 @@ from .classifier_metrics import (
     sens_spec,
     youden_threshold,
 )
-from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray
+from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, write_card
-from .lung_task import hardware_info, library_versions
+from .runinfo import hardware_info, library_versions, start_run, training_sets
 from .splits import NEAR_DUP_CORR, read_split, rel_key
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = (NORMAL, COVID, OTHER)
-FRONTAL_VIEWS = frozenset({"PA", "AP", "AP Supine", "AP Erect", "AP semi erect"})
 SOURCES = ("covid-qu-ex", "nih", "ieee8023")
 MODEL_FILE = "model.keras"
 WEAK_CHECK_PER_CLASS = 20
 
 
 # ------------------------------------------------------------------ records
-def is_frontal_xray(r: Record) -> bool:
-    """COVID-QU-Ex and NIH are frontal by construction; ieee8023 rows say so in metadata."""
-    if r.source in ("ieee8023", "generalblockchain"):
-        return (r.modality or "") == "X-ray" and (r.view or "") in FRONTAL_VIEWS
-    return True
-
-
 def labelled_frontal(records: list[Record]) -> list[Record]:
     return [r for r in records if r.label in CLASS_NAMES and is_frontal_xray(r)]
 
@@ -123,7 +116,7 @@ def drop_source_and_duplicates(records: list[Record], source: str, source_record
 # ------------------------------------------------------------------ arrays
 def _lung_masks(grays: list[np.ndarray]) -> list[np.ndarray | None]:
     """Lung masks from the bundled lung model (the app uses the same one)."""
-    from ..lung import LungSegmenter
+    from ..modellayer.lung import LungSegmenter
 
     seg = LungSegmenter()
     return [r.mask for r in seg.segment_batch(grays, batch_size=32)]
@@ -222,18 +215,12 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
 
     from .classifier_architectures import build_classifier
 
-    keras.utils.set_random_seed(seed)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    out.mkdir(parents=True, exist_ok=True)
+    start_run(out, seed=seed, mixed_precision=mixed_precision)
     t0 = time.time()
     split = read_split(split_file)
     sets = _datasets_for_run(data_dir, split, max_images, exclude_source, cache_dir)
-    tr, va = sets["train"], sets["val"]
-    if train_fraction < 1.0:
-        tr = _spread(tr, max(1, round(len(tr) * train_fraction)))
-    if not tr or not va:
-        raise SystemExit(f"no training/validation images (train {len(tr)}, val {len(va)})")
+    va = sets["val"]
+    tr = training_sets(sets["train"], va, train_fraction)
     xtr, ytr = load_inputs(tr, input_size, input_mode, cache_dir), labels_of(tr)
     xva, yva = load_inputs(va, input_size, input_mode, cache_dir), labels_of(va)
     counts = np.bincount(ytr, minlength=len(CLASS_NAMES))
@@ -335,7 +322,7 @@ def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats
     """Wall time of the app's scoring path on one image (preprocess + forward [+ lungs])."""
     seg = None
     if mode == "lung_crop":
-        from ..lung import LungSegmenter
+        from ..modellayer.lung import LungSegmenter
 
         seg = LungSegmenter()
 
@@ -547,10 +534,10 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
         "name": name, "version": version, "task": "chest X-ray classification",
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": size, "input_mode": mode,
-        "preprocessing": ("xrayviewer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
+        "preprocessing": ("xrayviewer.modellayer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
                           "to input_size x input_size (area), shape (S, S, 1)"
                           + ("; applied to the lung bounding box (+8% margin) from the bundled "
-                             "lung model (xrayviewer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
+                             "lung model (xrayviewer.modellayer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
         "output": "logits (3); probabilities = softmax(logits / temperature); "
                   "layer 'cam_features' for Grad-CAM, 'embedding' for the domain gate",
         "class_names": list(CLASS_NAMES),
@@ -601,7 +588,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
         "intended_use": "research only; not a medical device. Public COVID data confound class "
                         "with source: see source_disjoint.",
     }
-    write_card(dest, card)
+    write_card(dest, card, ClassifierCard)
     with open(dest / "comparison.csv", "w", newline="") as fh:
         keys_all = sorted({k for r in rows for k in r})
         w = csv.DictWriter(fh, fieldnames=keys_all)

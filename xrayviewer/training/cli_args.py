@@ -54,7 +54,7 @@ def add_export(p: argparse.ArgumentParser, *, name: str, compare: bool = True) -
 def add_normalization(p: argparse.ArgumentParser) -> None:
     """--normalization: the model input the run trains on (recorded in the card, applied
     by the app from the card)."""
-    from ..preprocessing import NORMALIZATIONS, ROBUST
+    from ..modellayer.preprocessing import NORMALIZATIONS, ROBUST
 
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=ROBUST,
                    help="model input normalisation (default %(default)s: rank map of the film's "

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 NORMAL, COVID, OTHER = "Normal", "COVID-19", "Other pneumonia"
 LABELS = (NORMAL, COVID, OTHER)
+# ieee8023 / GeneralBlockchain view positions of a frontal film (the classifier's and gate's data)
+FRONTAL_VIEWS = frozenset({"PA", "AP", "AP Supine", "AP Erect", "AP semi erect"})
 TUBERCULOSIS = "Tuberculosis"  # Shenzhen only: a finding outside the three COVID-era classes
 
 _QU_CLASSES = {"COVID-19": COVID, "Non-COVID": OTHER, "Normal": NORMAL}
@@ -183,6 +185,13 @@ def read_all(data_dir: Path, sources: tuple[str, ...] = tuple(READERS),
         log.info("%s: %d records", name, len(recs))
         records.extend(recs)
     return records
+
+
+def is_frontal_xray(r: Record) -> bool:
+    """COVID-QU-Ex and NIH are frontal by construction; ieee8023 rows say so in metadata."""
+    if r.source in ("ieee8023", "generalblockchain"):
+        return (r.modality or "") == "X-ray" and (r.view or "") in FRONTAL_VIEWS
+    return True
 
 
 def _spread(items: list, n: int) -> list:

@@ -1,4 +1,5 @@
-"""What every model export shares: reading an evaluated run, its lineage, the card's provenance.
+"""What every model export shares: reading an evaluated run, its lineage, the card's provenance,
+and writing the card in the app's card schema (checked by reading it back as the app does).
 
 A run may continue another one (``--init-from <run>/model.keras``): its card must then name
 every command and count every second and epoch that produced the weights, not only the last
@@ -15,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..modelstore import sha256_file
+from ..modellayer.cards import CARD_FILE, SCHEMA_VERSION, CardSection
+from ..modellayer.modelstore import read_card, sha256_file
+from ..modellayer.preprocessing import ROBUST
 
 VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
 SEGMENTATION_EVAL_FILES = {VAL_CSV: "val_metrics.csv", GB_CSV: "generalblockchain_metrics.csv"}
@@ -46,6 +49,17 @@ def write_segmentation_eval(run: Path, summary: dict, val_rows: list[dict], gb_r
     write_csv(ev / VAL_CSV, val_rows)
     write_csv(ev / GB_CSV, gb_rows)
     (ev / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def preprocessing_text(normalization: str) -> str:
+    """The card's one-line description of a segmentation model's input."""
+    if normalization == ROBUST:
+        return ("xrayviewer.modellayer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
+                "(MONOCHROME1 inverted), squash-resized (area) to input_size x input_size, mapped through "
+                "the film's rank map (256 quantiles of the central 80% of the film at 256 px, mid-rank "
+                "ties), shape (S, S, 1) in [0, 1]")
+    return ("xrayviewer.modellayer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
+            "squash-resize (area) to input_size x input_size, shape (S, S, 1)")
 
 
 def parent_run(meta: dict[str, Any]) -> Path | None:
@@ -127,7 +141,11 @@ def compare_runs(runs: list[Path], short: Callable[[dict, dict], dict]) -> dict[
     return rows
 
 
-def write_card(dest: Path, card: dict[str, Any]) -> Path:
-    path = dest / "card.json"
-    path.write_text(json.dumps(card, indent=1, default=float))
+def write_card(dest: Path, card: dict[str, Any], section: type[CardSection]) -> Path:
+    """``<dest>/card.json`` with the current ``schema_version``, then read back through the
+    app's card checks with the model's ``section`` (``modellayer.cards``), so an export never
+    leaves a card the app would refuse (raises :class:`~xrayviewer.errors.CardError`)."""
+    path = dest / CARD_FILE
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **card}, indent=1, default=float))
+    read_card(dest.name, dest.parent, section)
     return path

@@ -7,7 +7,7 @@ gradients, shapes, text-like patterns, colour textures made grey, checkerboards,
 Evaluation: held-out (val-side, other patients) ieee8023 lateral/CT rows, the non-chest
 DICOMs of the bundle (hips, CT, MR), a synthetic set made with a different seed, colour
 pictures, and the pass rate on all frontal validation films -- measured through the app's
-own gate sequence (:meth:`xrayviewer.gate.DomainGate.check_batch`: ``screen`` then
+own gate sequence (:meth:`xrayviewer.modellayer.gate.DomainGate.check_batch`: ``screen`` then
 ``confirm``, as the Analyzer runs them) with the bundled classifier (all three stages).
 """
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import softmax
-from ..preprocessing import prepare_for_model
-from .classifier_task import is_frontal_xray
-from .datasets import Record, _spread, read_all, read_gray
+from ..modellayer.common import softmax
+from ..modellayer.gate import GATE_CLASSES, GateCard
+from ..modellayer.preprocessing import prepare_for_model
+from .datasets import Record, _spread, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, read_meta, save_inference_model, write_card
-from .lung_task import hardware_info, library_versions
+from .runinfo import hardware_info, library_versions, start_run
 from .splits import read_split, rel_key
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, input_size: int, width
 
     from .classifier_architectures import build_gate
 
-    keras.utils.set_random_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
+    start_run(out, seed=seed)
     t0 = time.time()
     split = read_split(split_file)
     tr = gate_records(data_dir, split, "train", max_images)
@@ -274,11 +273,11 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
         "name": name, "version": version, "task": "domain gate: frontal chest X-ray or not",
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": meta["input_size"],
-        "preprocessing": "xrayviewer.preprocessing.prepare_for_model (grey / 255, squash-resize)",
+        "preprocessing": "xrayviewer.modellayer.preprocessing.prepare_for_model (grey / 255, squash-resize)",
         "output": "logits over [frontal chest X-ray, lateral chest X-ray, not a chest X-ray]; "
                   "softmax; image passes stage 2 when P(frontal) >= threshold",
         "threshold": meta["threshold_p_frontal"], "threshold_rule": meta["threshold_rule"],
-        "labels": {"0": "frontal chest X-ray", "1": "lateral chest X-ray", "2": "not a chest X-ray"},
+        "labels": {str(i): c for i, c in enumerate(GATE_CLASSES)},
         "stages": ["header: modality / body part / view position / colour picture",
                    "gate CNN: P(frontal) >= threshold",
                    "Mahalanobis distance on the classifier embedding <= its validation 99.5% quantile"],
@@ -290,7 +289,7 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
         "metrics": {},
         **provenance(meta, weights),
     }
-    write_card(dest, card)
+    write_card(dest, card, GateCard)
     return dest
 
 
@@ -310,12 +309,14 @@ def _rate(results: list[Any]) -> dict[str, Any]:
 def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, classifier_name: str,
              max_images: int | None, seed: int = 12345) -> dict:
     """Rejection / pass rates of the full app gate; written into the gate card."""
-    from ..classifier import DiseaseClassifier
-    from ..gate import DomainGate
     from ..imaging import load_image
+    from ..modellayer.classifier import DiseaseClassifier
+    from ..modellayer.gate import DomainGate
+    from ..modellayer.lung import LungSegmenter
 
     gate = DomainGate(name, models_dir)
-    clf = DiseaseClassifier(classifier_name, models_dir)
+    # As in the app: the classifier takes its lung masks (a lung_crop input) from the lung model.
+    clf = DiseaseClassifier(classifier_name, models_dir, lung_segmenter=LungSegmenter(models_root=models_dir))
     split = read_split(split_file)
     va = gate_records(data_dir, split, "val", max_images)
     tr = gate_records(data_dir, split, "train", max_images)

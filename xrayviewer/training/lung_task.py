@@ -11,73 +11,37 @@ import csv
 import json
 import logging
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..lung import predict_probabilities
-from ..preprocessing import LEGACY, ROBUST
-from ..postprocess import clean_binary, lung_labels
+from ..modellayer.common import predict_probabilities
+from ..modellayer.lung import LungCard
+from ..modellayer.postprocess import clean_binary, lung_labels
+from ..modellayer.preprocessing import LEGACY, ROBUST
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
     compare_runs,
     copy_segmentation_evals,
     lineage,
+    preprocessing_text,
     provenance,
-    total_epochs,
     save_inference_model,
     start_export,
+    total_epochs,
     write_card,
     write_segmentation_eval,
 )
 from .metrics import aggregate, segmentation_metrics
+from .runinfo import AUGMENTATION_ROBUST, hardware_info, library_versions, prepare_run, source_counts
 from .splits import read_split, rel_key, select
 
 log = logging.getLogger(__name__)
 
 WEAK_CHECK_N = 48
 MODEL_FILE = "model.keras"
-
-
-# ---------------------------------------------------------------- helpers
-def hardware_info() -> dict[str, Any]:
-    """What the card records about the machine (``2-core CPU, no GPU`` here)."""
-    import os
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import tensorflow as tf
-
-        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception:  # noqa: BLE001
-        gpus = []
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"summary": f"{ncpu}-core CPU, " + (f"GPU {gpus}" if gpus else "no GPU"),
-            "cpu_model": cpu, "cpu_cores": ncpu, "gpus": gpus,
-            "platform": platform.platform()}
-
-
-def library_versions() -> dict[str, str]:
-    import cv2
-    import keras
-    import scipy
-    import tensorflow as tf
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
-            "scipy": scipy.__version__}
-
-
 LUNG_SOURCES = ("covid-qu-ex", "tb-shenzhen")  # both draw the visible lung fields
 
 
@@ -95,42 +59,9 @@ def lung_records(data_dir: Path, split: dict, which: str, max_images: int | None
 
 AUGMENTATION_LEGACY = ("rotation +-7 deg, shift +-6%, zoom 0.9-1.1, contrast 0.85-1.15, "
                        "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip")
-AUGMENTATION_ROBUST = ("hospital imitation (training.pipeline.augment_hospital): rotation +-10 deg, "
-                       "shift +-6%, zoom 0.85-1.15; contrast 0.8-1.25, brightness +-0.08 then clipping "
-                       "(window/level), gamma exp(+-0.35); blur or unsharp masking (half the films); "
-                       "down/up-sampling to 40-100% (30%); Gaussian noise sigma<=0.03; a black or "
-                       "white border band up to 7% (30%) and a burned-in text block near a corner "
-                       "(30%); no flip")
-
-
-def _source_counts(recs: list[Record]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in recs:
-        out[r.source] = out.get(r.source, 0) + 1
-    return out
 
 
 # ---------------------------------------------------------------- train
-def prepare_run(records_fn: Any, data_dir: Path, split_file: Path, out: Path, *, seed: int,
-                mixed_precision: bool, max_images: int | None, train_fraction: float) -> tuple[dict, list, list]:
-    """Shared start of every segmentation training (lung, opacity): seed, precision policy,
-    output folder, the split, and its train/val records (optionally a spread-out fraction of train)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    out.mkdir(parents=True, exist_ok=True)
-    split = read_split(split_file)
-    train_recs = records_fn(data_dir, split, "train", max_images)
-    val_recs = records_fn(data_dir, split, "val", max_images)
-    if train_fraction < 1.0:
-        train_recs = _spread(train_recs, max(1, round(len(train_recs) * train_fraction)))
-    if not train_recs or not val_recs:
-        raise SystemExit(f"no training/validation images (train {len(train_recs)}, val {len(val_recs)})")
-    return split, train_recs, val_recs
-
-
 def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_size: int,
           base_filters: int, depth: int, epochs: int, batch_size: int, lr: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, train_fraction: float,
@@ -139,8 +70,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     """Train one variant; writes ``model.keras``, ``history.csv``, ``train_meta.json``."""
     import keras
 
-    from .architectures import build_unet
-    from .opacity_task import warm_start
+    from .architectures import build_unet, warm_start
     from .pipeline import dice_bce_loss, dice_coef, load_arrays, make_dataset
 
     split, train_recs, val_recs = prepare_run(lung_records, data_dir, split_file, out, seed=seed,
@@ -180,7 +110,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "mixed_precision": mixed_precision, "loss": "Dice + BCE",
         "input_normalization": normalization,
         "init_from": str(init_from) if init_from else None, "init_layers_copied": len(copied),
-        "train_sources": _source_counts(train_recs), "val_sources": _source_counts(val_recs),
+        "train_sources": source_counts(train_recs), "val_sources": source_counts(val_recs),
         "augmentation": AUGMENTATION_ROBUST if robust else AUGMENTATION_LEGACY,
         "n_train": len(xtr), "n_val": len(xva), "split_file": str(split_file),
         "split_counts": split.get("counts"), "n_excluded_near_duplicates": len(split.get("excluded", [])),
@@ -207,7 +137,7 @@ def evaluate_model(model: Any, input_size: int, records: list[Record], data_dir:
         for r, p in zip(chunk, probs):
             truth = read_mask(r.lung_mask)
             if truth.shape != p.shape:  # defensive: masks are documented as image-sized
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 p = resize(p, truth.shape)
             pred = clean_binary(p, threshold)
@@ -311,17 +241,6 @@ def _short(summary: dict, meta: dict) -> dict:
     }
 
 
-def _preprocessing_text(normalization: str) -> str:
-    """The card's one-line description of the model input."""
-    if normalization == ROBUST:
-        return ("xrayviewer.preprocessing.film_input + FilmInput.model_array (rank-v1): modality values "
-                "(MONOCHROME1 inverted), squash-resized (area) to input_size x input_size, mapped through "
-                "the film's rank map (256 quantiles of the central 80% of the film at 256 px, mid-rank "
-                "ties), shape (S, S, 1) in [0, 1]")
-    return ("xrayviewer.preprocessing.prepare_for_model (display-v1): grey uint8 / 255, "
-            "squash-resize (area) to input_size x input_size, shape (S, S, 1)")
-
-
 def plot_history(runs: list[Path], out_png: Path) -> None:
     """Loss and val-Dice curves of one or more runs in one PNG."""
     import matplotlib
@@ -370,7 +289,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "architecture": meta["architecture"], "params": meta["params"],
         "input_size": meta["input_size"],
         "input_normalization": meta.get("input_normalization", LEGACY),
-        "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY)),
+        "preprocessing": preprocessing_text(meta.get("input_normalization", LEGACY)),
         "output": "sigmoid probability of visible (aerated) lung field per pixel, (S, S, 1) "
                   "float32; resized back to the image with mask_to_full_resolution, then "
                   "thresholded, two largest components kept, holes filled, split right/left",
@@ -414,6 +333,6 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
     notes = run / "notes.json"  # free-form facts about the run (benchmarks, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
-    write_card(dest, card)
+    write_card(dest, card, LungCard)
     log.info("exported %s (val Dice %.4f) to %s", name, v["dice"]["mean"], dest)
     return dest

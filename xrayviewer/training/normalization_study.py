@@ -11,7 +11,7 @@ on two things the models suffer from, without training anything:
   each source's mean grey-level histogram and COVID-QU-Ex Normal's (the source the models
   learned most from), and the spread of per-film mean and standard deviation.
 
-The chosen normalisation is :data:`xrayviewer.preprocessing.ROBUST`; the table goes into
+The chosen normalisation is :data:`xrayviewer.modellayer.preprocessing.ROBUST`; the table goes into
 the lung and opacity cards and the README.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocessing import film_input, resize, to_unit_float
+from ..modellayer.preprocessing import film_input, resize, to_unit_float
 from .datasets import NORMAL, read_all, read_gray
 from .source_eval import CHEST_DICOMS
 

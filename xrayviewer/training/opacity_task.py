@@ -35,39 +35,34 @@ from typing import Any
 
 import numpy as np
 
-from ..opacity import (
+from ..modellayer.opacity import (
     DEFAULT_MIN_REGION_FRACTION,
     DEFAULT_THRESHOLD,
     FILM_RULE_CLASSIFIER,
     GRADES,
     LUNG_BOX_MARGIN,
+    OpacityCard,
     analyze_probability,
     involvement,
     lung_box,
     predict_maps,
 )
-from ..preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
-from ..postprocess import split_lungs
+from ..modellayer.preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
+from ..modellayer.postprocess import split_lungs
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
     compare_runs,
     copy_segmentation_evals,
     lineage,
+    preprocessing_text,
     provenance,
     start_export,
     total_epochs,
     write_card,
     write_segmentation_eval,
 )
-from .lung_task import (
-    AUGMENTATION_ROBUST,
-    _preprocessing_text,
-    _source_counts,
-    hardware_info,
-    library_versions,
-    prepare_run,
-)
 from .metrics import aggregate, segmentation_metrics, time_call
+from .runinfo import AUGMENTATION_ROBUST, hardware_info, library_versions, prepare_run, source_counts
 from .splits import read_split, rel_key, select
 
 log = logging.getLogger(__name__)
@@ -189,7 +184,7 @@ class InputSpec:
         return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
 
     def boxes(self, films: Sequence[Any], lungs: Sequence[np.ndarray | None]) -> list[Any]:
-        from ..lung import image_shape
+        from ..modellayer.common import image_shape
 
         if not self.crop:
             return [None] * len(films)
@@ -268,32 +263,6 @@ def make_train_step(generator: Any, critic: Any | None, g_opt: Any, d_opt: Any |
     return step
 
 
-def warm_start(generator: Any, source: Path) -> list[str]:
-    """Copy weights from a saved Keras model (e.g. the bundled lung U-Net) layer by layer.
-
-    Only layers with the same name and the same weight shapes are copied, so the lung model
-    (same U-Net layout, other head) initialises the whole encoder/decoder: lung anatomy is
-    the context every opacity lies in, and a 2-core CPU affords few epochs. Returns the
-    names of the copied layers.
-    """
-    import keras
-
-    src = keras.saving.load_model(source, compile=False)
-    by_name = {layer.name: layer for layer in src.layers}
-    copied = []
-    for layer in generator.layers:
-        other = by_name.get(layer.name)
-        if other is None or not layer.weights:
-            continue
-        w = other.get_weights()
-        if [a.shape for a in w] == [tuple(v.shape) for v in layer.weights]:
-            layer.set_weights(w)
-            copied.append(layer.name)
-    log.info("warm start from %s: %d of %d weighted layers copied", source, len(copied),
-             sum(1 for layer in generator.layers if layer.weights))
-    return copied
-
-
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(history[0]))
@@ -362,6 +331,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     import keras
     import tensorflow as tf
 
+    from .architectures import warm_start
     from .pipeline import load_arrays, make_dataset
 
     if variant not in VARIANTS:
@@ -380,7 +350,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     t0 = time.time()
     lung_info = None
     if spec.crop:
-        from ..lung import LungSegmenter
+        from ..modellayer.lung import LungSegmenter
 
         segmenter = LungSegmenter(models_root=models_dir)
         lung_info = {"name": segmenter.card.name, "version": segmenter.card.version,
@@ -470,7 +440,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "seg_loss": loss, "adv_warmup_epochs": adv_warmup_epochs if critic is not None else None,
         "input_normalization": normalization, "input_crop": input_crop if spec.crop else "none",
         "crop_margin": spec.margin if spec.crop else None, "crop_lung_model": lung_info,
-        "train_sources": _source_counts(train_recs), "negatives": negatives,
+        "train_sources": source_counts(train_recs), "negatives": negatives,
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
                                 "(empty-vs-empty = 1) at model resolution, specks below the app's "
                                 "smallest region dropped first; the last epoch is kept as model_last.keras",
@@ -502,7 +472,7 @@ def _lung_labels_for(records: list[Record], images: list[np.ndarray], lung_sourc
     for r, img in zip(records, images):
         m = read_mask(r.lung_mask)
         if m.shape != img.shape:
-            from ..preprocessing import resize
+            from ..modellayer.preprocessing import resize
 
             m = resize(m.astype(np.uint8), img.shape, nearest=True) > 0
         out.append(split_lungs(m))
@@ -511,7 +481,7 @@ def _lung_labels_for(records: list[Record], images: list[np.ndarray], lung_sourc
 
 def _truth_figures(truth: np.ndarray, truth_lung: np.ndarray, min_fraction: float) -> tuple[float, str]:
     """Involvement % and grade of a ground-truth mask against the ground-truth lung."""
-    from ..opacity import min_area_px, severity_grade
+    from ..modellayer.opacity import min_area_px, severity_grade
 
     _, _, pct = involvement(truth & (truth_lung > 0), truth_lung)
     has = int(np.count_nonzero(truth)) >= min_area_px(truth.shape, min_fraction)
@@ -536,12 +506,12 @@ def evaluate_records(model: Any, spec: InputSpec | int, records: list[Record], d
         for r, img, p, lung in zip(chunk, imgs, probs, lungs):
             truth = read_mask(r.infection_mask)
             if truth.shape != img.shape:
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 truth = resize(truth.astype(np.uint8), img.shape, nearest=True) > 0
             truth_lung = read_mask(r.lung_mask)
             if truth_lung.shape != img.shape:
-                from ..preprocessing import resize
+                from ..modellayer.preprocessing import resize
 
                 truth_lung = resize(truth_lung.astype(np.uint8), img.shape, nearest=True) > 0
             t_pct, t_grade = _truth_figures(truth, split_lungs(truth_lung), min_fraction)
@@ -669,7 +639,7 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     segmenter = None
     if lung_source in ("auto", "model"):
         try:
-            from ..lung import LungSegmenter
+            from ..modellayer.lung import LungSegmenter
 
             segmenter = LungSegmenter(models_root=models_dir)
             lung_source = "model"
@@ -847,17 +817,17 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "input_crop": meta.get("input_crop", "none"),
         **({"crop_margin": meta["crop_margin"], "crop_lung_model": meta.get("crop_lung_model")}
            if meta.get("input_crop") == "lung-box" else {}),
-        "preprocessing": _preprocessing_text(meta.get("input_normalization", LEGACY))
-        + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.opacity.lung_box, "
+        "preprocessing": preprocessing_text(meta.get("input_normalization", LEGACY))
+        + ("; cropped to the box around the lung fields of lung_unet (xrayviewer.modellayer.opacity.lung_box, "
            f"margin {meta.get('crop_margin')} of the box on each side) before the resize"
            if meta.get("input_crop") == "lung-box" else ""),
         "output": "sigmoid probability of opacity per pixel, (S, S, 1) float32; resized back to the "
                   "image (or the lung box, pasted into a zero map) with mask_to_full_resolution, restricted to the lung labels of lung_unet, "
                   "thresholded, components smaller than min_region_fraction of the image dropped "
-                  "(xrayviewer.opacity.analyze_probability)",
+                  "(xrayviewer.modellayer.opacity.analyze_probability)",
         "threshold": summary["threshold"], "threshold_tuning": summary.get("threshold_tuning"),
         "min_region_fraction": summary["min_region_fraction"],
-        # The app's film-level rule (xrayviewer.opacity.apply_film_rule); evaluate-sources
+        # The app's film-level rule (xrayviewer.modellayer.opacity.apply_film_rule); evaluate-sources
         # measures the model with it and writes the figures into this card.
         "film_rule": FILM_RULE_CLASSIFIER,
         "labels": {"0": "no opacity", "1": "opacity (ground glass / consolidation)"},
@@ -910,7 +880,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
     notes = run / "notes.json"  # free-form facts about the run (trials that did not finish, caveats)
     if notes.is_file():
         card["notes"] = json.loads(notes.read_text())
-    write_card(dest, card)
+    write_card(dest, card, OpacityCard)
     log.info("exported %s (%s, COVID Dice %.4f) to %s", name, meta["variant"],
              summary["targets"]["covid_dice_mean"], dest)
     return dest

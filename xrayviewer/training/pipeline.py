@@ -1,6 +1,6 @@
 """Arrays and ``tf.data`` pipelines for segmentation training.
 
-Images go through :func:`xrayviewer.preprocessing.prepare_for_model` -- the function the
+Images go through :func:`xrayviewer.modellayer.preprocessing.prepare_for_model` -- the function the
 app uses at inference -- once, when loaded, with the normalisation the model's card will
 name; augmentation is applied on top, only on the training path. For the robust input
 (``rank-v1``) the augmentation imitates what differs between hospitals after that
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..preprocessing import LEGACY, ROBUST, prepare_for_model, resize
+from ..modellayer.preprocessing import LEGACY, ROBUST, prepare_for_model, resize
 from .datasets import Record, read_gray, read_mask
 
 log = logging.getLogger(__name__)

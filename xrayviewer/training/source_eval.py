@@ -5,9 +5,9 @@ lung outlines, opacity Dice per film and pooled where it has opacity masks, the 
 films with any opacity region, and how often the severity grade agrees with the grade of
 the ground truth (for films known to be normal the truth is "none").
 
-Every film goes through the app's own path -- :func:`xrayviewer.preprocessing.film_input`
-(DICOMs through :func:`xrayviewer.imaging.load_image`), :class:`xrayviewer.lung.LungSegmenter`
-and :class:`xrayviewer.opacity.OpacityDetector` from a models folder -- so the table
+Every film goes through the app's own path -- :func:`xrayviewer.modellayer.preprocessing.film_input`
+(DICOMs through :func:`xrayviewer.imaging.load_image`), :class:`xrayviewer.modellayer.lung.LungSegmenter`
+and :class:`xrayviewer.modellayer.opacity.OpacityDetector` from a models folder -- so the table
 measures what a user gets (the domain gate is not applied: the table is about the models).
 
 Which films: COVID-QU-Ex Val; the *val* part of NIH and ieee8023 (patient-disjoint from what
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..postprocess import split_lungs
-from ..preprocessing import film_input, resize
+from ..modellayer.postprocess import split_lungs
+from ..modellayer.preprocessing import film_input, resize
 from .datasets import COVID, NORMAL, OTHER, TUBERCULOSIS, Record, read_all, read_mask
 from .metrics import segmentation_metrics
 from .splits import read_split, rel_key, select
@@ -50,7 +50,7 @@ def _resized_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray | None
 
 
 def _truth_grade(truth: np.ndarray, truth_lung: np.ndarray | None, min_fraction: float) -> str:
-    from ..opacity import involvement, min_area_px, severity_grade
+    from ..modellayer.opacity import involvement, min_area_px, severity_grade
 
     if truth_lung is None:
         truth_lung = truth.copy()
@@ -64,10 +64,10 @@ def film_rows(films: list[tuple[str, Any, Record | None]], segmenter: Any, detec
     """Per-film figures through the app's models. ``films``: (key, image or grey array, record).
 
     With a ``classifier`` and an opacity card that names a film-level rule, the rule is
-    applied as the app applies it (:func:`xrayviewer.opacity.apply_film_rule` on the
+    applied as the app applies it (:func:`xrayviewer.modellayer.opacity.apply_film_rule` on the
     classifier's top class for the film's display image and lung mask).
     """
-    from ..opacity import apply_film_rule
+    from ..modellayer.opacity import apply_film_rule
 
     rows: list[dict[str, Any]] = []
     for start in range(0, len(films), batch):
@@ -131,14 +131,14 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
         classifier_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate every source; write ``out`` (JSON with per-film rows) and a Markdown table."""
     from ..imaging import load_image
-    from ..lung import LungSegmenter
-    from ..opacity import OpacityDetector
+    from ..modellayer.lung import LungSegmenter
+    from ..modellayer.opacity import OpacityDetector
 
     segmenter = LungSegmenter(models_root=models_dir)
     detector = OpacityDetector(models_root=models_dir)
     classifier = None
     if detector.film_rule:
-        from ..classifier import DiseaseClassifier
+        from ..modellayer.classifier import DiseaseClassifier
 
         # The rule's classifier is the bundled one (models/), as in the app.
         classifier = DiseaseClassifier(models_root=classifier_dir)

@@ -8,8 +8,10 @@ say above which calibrated probability a class is *flagged* and what sensitivity
 specificity that threshold had on validation.
 
 Grad-CAM for the top class is computed on the layer named ``cam_features`` and masked to
-the lung field (from the bundled lung model, or a mask the caller passes), so the overlay
-never highlights labels, markers or the background.
+the lung field, so the overlay never highlights labels, markers or the background. The lung
+masks come from the caller: per call, or from the lung segmenter it hands over
+(``lung_segmenter``, e.g. :class:`~xrayviewer.modellayer.lung.LungSegmenter`); the classifier
+never loads another model itself.
 
 TensorFlow is imported lazily; this module never imports ``xrayviewer.training``.
 """
@@ -24,38 +26,23 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
 from . import modelstore
-from .errors import ModelError
+from .cards import CardFields
+from .common import BundledModel, softmax
 from .preprocessing import prepare_for_model, resize
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "xray_classifier"
+# The network's outputs, in order (the card's class_names must say the same; results.csv's columns).
+CLASS_NAMES = ("Normal", "COVID-19", "Other pneumonia")
+INPUT_MODES = ("full", "lung_crop")
 CAM_LAYER = "cam_features"
 EMBEDDING_LAYER = "embedding"
 # A lung mask smaller than this fraction of the image is not trusted for cropping.
 MIN_LUNG_FRACTION = 0.04
 CROP_MARGIN = 0.08
-
-
-# ------------------------------------------------------------------ calibration
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Temperature-scaled softmax over the last axis; always in [0, 1] and summing to 1.
-
-    Computed in float64 with the max subtracted, and the quotient clipped, so that huge
-    logits or tiny temperatures can never produce inf/NaN.
-    """
-    t = float(temperature)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    z = np.asarray(logits, dtype=np.float64)
-    if not np.all(np.isfinite(z)):
-        raise ValueError("logits contain NaN or infinity")
-    z = np.clip(z / t, -1e300, 1e300)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(np.maximum(z, -745.0))
-    p = e / e.sum(axis=-1, keepdims=True)
-    return np.clip(p, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------ lung crop
@@ -134,22 +121,57 @@ class ClassificationResult:
         }
 
 
-# ------------------------------------------------------------------ classifier
-class DiseaseClassifier:
-    """Bundled classifier, verified against its card; lazily uses the lung model."""
+# ------------------------------------------------------------------ card
+@dataclass(frozen=True)
+class ClassifierCard:
+    """The classifier's part of its card (schema 1)."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None,
+    class_names: tuple[str, ...]  # == CLASS_NAMES, the order of the logits
+    temperature: float  # calibration: probabilities = softmax(logits / temperature)
+    input_mode: str  # one of INPUT_MODES
+    operating_points: dict[str, float]  # class -> calibrated probability that flags it
+    embedding_stats_file: str | None  # the gate's Mahalanobis statistics, next to the card
+    embedding_stats_sha256: str | None
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> ClassifierCard:
+        names = f.texts("class_names")
+        if names != CLASS_NAMES:
+            raise f.error("class_names", f"{list(names)} differ from the code's class order {list(CLASS_NAMES)}: "
+                                         "scores would be reported under the wrong names")
+        f.label_order("labels", CLASS_NAMES)
+        points = {}
+        for c, op in f.mapping("operating_points").items():
+            if c not in CLASS_NAMES or not isinstance(op, dict):
+                raise f.error("operating_points", f"entry {c!r} is not one of {list(CLASS_NAMES)} with a threshold")
+            points[c] = CardFields(op, f.path).number("threshold", low=0.0, high=1.0)
+        stats = f.text("embedding_stats_file", None)
+        sha = f.text("embedding_stats_sha256", None)
+        if stats and not sha:
+            raise f.error("embedding_stats_sha256", "missing: the embedding statistics file needs its sha256")
+        return cls(class_names=names, temperature=f.number("temperature", above=0.0),
+                   input_mode=f.choice("input_mode", INPUT_MODES), operating_points=points,
+                   embedding_stats_file=stats or None, embedding_stats_sha256=sha)
+
+
+# ------------------------------------------------------------------ classifier
+class DiseaseClassifier(BundledModel):
+    """Bundled classifier, verified against its card. ``lung_segmenter`` (anything with
+    ``segment(gray).mask``) gives the lung masks a call does not pass; without one the heatmap
+    of such a call is not masked and a ``lung_crop`` input uses the whole film."""
+
+    model_name = MODEL_NAME
+    card_section = ClassifierCard
+
+    def __init__(self, name: str | None = None, models_root: Path | None = None,
                  lung_segmenter: Any | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
-        raw = self.card.raw
-        self.labels: tuple[str, ...] = tuple(raw["class_names"])
-        self.temperature = float(raw.get("temperature", 1.0))
-        self.input_mode = str(raw.get("input_mode", "full"))
-        self.thresholds: dict[str, float] = {
-            k: float(v["threshold"]) for k, v in raw.get("operating_points", {}).items()}
-        self._models_root = models_root
+        super().__init__(name, models_root)
+        section: ClassifierCard = self.card.section
+        self.labels: tuple[str, ...] = section.class_names
+        self.temperature = section.temperature
+        self.input_mode = section.input_mode
+        self.thresholds: dict[str, float] = dict(section.operating_points)
         self._lung = lung_segmenter
-        self._lung_failed = False
         import keras  # lazy
 
         try:
@@ -160,32 +182,20 @@ class DiseaseClassifier:
         self._multi = keras.Model(self.model.input, outputs)
         self.embedding_stats = self._load_embedding_stats()
 
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
     def _load_embedding_stats(self) -> dict[str, np.ndarray] | None:
         """Mean/precision of training embeddings (used by the domain gate), sha-checked."""
-        fname = self.card.raw.get("embedding_stats_file")
-        if not fname:
+        section: ClassifierCard = self.card.section
+        if not section.embedding_stats_file:
             return None
-        path = self.card.directory / fname
-        if not path.is_file() or modelstore.sha256_file(path) != self.card.raw.get("embedding_stats_sha256"):
+        path = self.card.directory / section.embedding_stats_file
+        if not path.is_file() or modelstore.sha256_file(path) != section.embedding_stats_sha256:
             raise ModelError("embedding statistics missing or do not match the card", path)
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
 
     # -------------------------------------------------------------- lung
     def lung_mask(self, gray: np.ndarray) -> np.ndarray | None:
-        """Lung mask from the bundled lung model; None (logged) if it is not available."""
-        if self._lung is None and not self._lung_failed:
-            try:
-                from .lung import LungSegmenter
-
-                self._lung = LungSegmenter(models_root=self._models_root)
-            except ModelError as exc:
-                log.warning("lung model unavailable, heatmap not masked: %s", exc)
-                self._lung_failed = True
+        """Lung mask from the caller's lung segmenter; None without one."""
         if self._lung is None:
             return None
         return self._lung.segment(gray).mask
@@ -199,6 +209,8 @@ class DiseaseClassifier:
         if self.input_mode == "lung_crop":
             if lung_mask is None:
                 lung_mask = self.lung_mask(g)
+            if lung_mask is None:
+                log.warning("lung_crop classifier given no lung mask nor segmenter: whole film scored")
             crop, box = crop_to_lungs(g, lung_mask)
             return prepare_for_model(crop, self.input_size), box
         return prepare_for_model(g, self.input_size), (0, g.shape[0], 0, g.shape[1])
@@ -289,8 +301,3 @@ class DiseaseClassifier:
         peak = float(heat.max())
         return heat / peak if peak > 0 else heat
 
-
-def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each row to the training mean under a shared covariance."""
-    d = np.atleast_2d(np.asarray(embeddings, np.float64)) - np.asarray(mean, np.float64)
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, np.asarray(precision, np.float64), d), 0.0))

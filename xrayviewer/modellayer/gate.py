@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from . import modelstore
+from .cards import CardFields
+from .common import BundledModel, forward, mahalanobis, softmax
 from .preprocessing import prepare_for_model
 
 log = logging.getLogger(__name__)
@@ -114,23 +115,35 @@ def grey_pixels(image: Any) -> np.ndarray:
     return np.asarray(getattr(image, "display", image))
 
 
-class DomainGate:
+@dataclass(frozen=True)
+class GateCard:
+    """The gate's part of its card (schema 1): its ``labels`` name :data:`GATE_CLASSES` in the
+    network's output order (``threshold``, common to every card, is the minimum P(frontal))."""
+
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> GateCard:
+        return cls(f.label_order("labels", GATE_CLASSES))
+
+
+class DomainGate(BundledModel):
     """Loads the gate CNN (verified against its card) and applies all three stages."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
-        self.input_size = self.card.input_size
+    model_name = MODEL_NAME
+    card_section = GateCard
+
+    def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
+        super().__init__(name, models_root)
         # Minimum P(frontal chest X-ray) to pass stage 2 (chosen on validation).
         self.threshold = float(self.card.threshold)
 
     def _cnn_probabilities(self, grays: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """(N, 3) softmax over :data:`GATE_CLASSES`."""
-        from .classifier import softmax
-
         out = []
         for start in range(0, len(grays), batch_size):
             x = np.stack([prepare_for_model(g, self.input_size) for g in grays[start:start + batch_size]])
-            out.append(softmax(np.asarray(self.model(x, training=False), np.float64)))
+            out.append(softmax(forward(self.model, x)))
         return np.concatenate(out) if out else np.zeros((0, len(GATE_CLASSES)))
 
     def _cnn_verdict(self, probs: np.ndarray) -> GateVerdict:
@@ -171,8 +184,6 @@ class DomainGate:
         if not verdict.accepted:
             return verdict
         if stats is not None:
-            from .classifier import mahalanobis
-
             d = float(mahalanobis(embedding, stats["mean"], stats["precision"])[0])
             thr = float(stats["threshold"])
             if d > thr:

@@ -3,7 +3,7 @@
 Two layers, so the figures can be computed (and tested) without TensorFlow:
 
 * :func:`analyze_probability` -- pure numpy/scipy. Takes a full-resolution opacity
-  probability map and the lung label mask from :mod:`xrayviewer.lung` (0 background,
+  probability map and the lung label mask from :mod:`xrayviewer.modellayer.lung` (0 background,
   1 patient's right lung = image left, 2 left lung) and returns a frozen
   :class:`OpacityResult`.
 * :class:`OpacityDetector` -- loads the bundled generator (``models/opacity_generator``,
@@ -42,8 +42,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from . import modelstore
+from .cards import CardFields
+from .common import BundledModel, forward, image_shape
 from .postprocess import LEFT_LUNG, RIGHT_LUNG
+from .preprocessing import LEGACY, ROBUST, film_input, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
 
@@ -292,13 +294,10 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
                  input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
     """Full-resolution probability maps of the generator for films and crop boxes.
 
-    ``films`` are :class:`~xrayviewer.preprocessing.FilmInput` (robust input) or display
+    ``films`` are :class:`~xrayviewer.modellayer.preprocessing.FilmInput` (robust input) or display
     arrays (legacy input, boxes must be ``None``). Shared by the app and the training
     evaluation, so both measure one code path.
     """
-    from .lung import image_shape
-    from .preprocessing import ROBUST, film_input, mask_to_full_resolution, prepare_for_model
-
     out: list[np.ndarray] = []
     for start in range(0, len(films), batch_size):
         chunk = list(films[start:start + batch_size])
@@ -313,9 +312,7 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
                 if box is not None:
                     raise ValueError("lung-box crops need the robust input")
                 xs.append(prepare_for_model(film, input_size, normalization))
-        y = model(np.stack(xs), training=False)
-        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
-        for film, box, p in zip(chunk, bchunk, prob):
+        for film, box, p in zip(chunk, bchunk, forward(model, np.stack(xs))):
             shape = image_shape(film)
             if box is None:
                 out.append(mask_to_full_resolution(p, shape))
@@ -328,33 +325,45 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
 
 
 # ---------------------------------------------------------------- model
-class OpacityDetector:
+INPUT_CROPS = ("none", "lung-box")
+
+
+@dataclass(frozen=True)
+class OpacityCard:
+    """The opacity generator's part of its card (schema 1); cards from before the lung-box
+    crop lack ``input_crop`` (the whole film) and ``crop_margin``."""
+
+    min_region_fraction: float
+    input_crop: str  # one of INPUT_CROPS
+    crop_margin: float  # fraction of the lung box added on each side
+    film_rule: str | None = None  # one of FILM_RULES (apply_film_rule); None = no rule
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> OpacityCard:
+        crop = f.choice("input_crop", INPUT_CROPS, "none")
+        if crop == "lung-box" and f.value("input_normalization", LEGACY) != ROBUST:
+            raise f.error("input_crop", f"lung-box crops need the {ROBUST} input (input_normalization)")
+        return cls(min_region_fraction=f.number("min_region_fraction", DEFAULT_MIN_REGION_FRACTION,
+                                                low=0.0, high=0.5),
+                   input_crop=crop, crop_margin=f.number("crop_margin", LUNG_BOX_MARGIN, low=0.0, high=1.0),
+                   film_rule=f.choice("film_rule", (None, *FILM_RULES), None))
+
+
+class OpacityDetector(BundledModel):
     """Loads the bundled opacity generator once (verified against its card)."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
-        self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
-                                                           DEFAULT_MIN_REGION_FRACTION))
-        rule = self.card.raw.get("film_rule")
-        if rule is not None and rule not in FILM_RULES:
-            from .errors import ModelError
+    model_name = MODEL_NAME
+    card_section = OpacityCard
 
-            raise ModelError(f"{self.card.directory / 'card.json'}: unknown film_rule {rule!r} "
-                             f"(known: {', '.join(FILM_RULES)})")
+    def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
+        super().__init__(name, models_root)
+        self.min_region_fraction = self.card.section.min_region_fraction
         #: The card's film-level rule (:func:`apply_film_rule`), or None.
-        self.film_rule: str | None = rule
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def normalization(self) -> str:
-        return self.card.input_normalization
+        self.film_rule: str | None = self.card.section.film_rule
 
     @property
     def crops_to_lungs(self) -> bool:
-        return self.card.raw.get("input_crop") == "lung-box"
+        return self.card.section.input_crop == "lung-box"
 
     def probabilities(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None,
                       batch_size: int = 8) -> list[np.ndarray]:
@@ -363,10 +372,8 @@ class OpacityDetector:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
         if self.crops_to_lungs:
-            from .lung import image_shape
-
             labels = lung_labels if lung_labels is not None else [None] * len(images)
-            margin = float(self.card.raw.get("crop_margin", LUNG_BOX_MARGIN))
+            margin = self.card.section.crop_margin
             boxes: list[tuple[int, int, int, int] | None] = [
                 lung_box(lab, image_shape(img), margin) for img, lab in zip(images, labels)]
         else:

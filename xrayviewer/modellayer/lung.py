@@ -1,6 +1,6 @@
 """Lung-field segmentation with the bundled U-Net.
 
-Input: films (an ``XRayImage``, a :class:`~xrayviewer.preprocessing.FilmInput` or a 2-D
+Input: films (an ``XRayImage``, a :class:`~xrayviewer.modellayer.preprocessing.FilmInput` or a 2-D
 grey array, any size). Output: per image, the lung probability at the input's full
 resolution and a label mask 0/1/2 (1 = patient's right lung = image left). The model sees
 exactly the training preprocessing (:func:`prepare_for_model` with the normalisation its
@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import modelstore
-from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
-from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
+from .cards import CardFields
+from .common import BundledModel, predict_probabilities
+from .postprocess import BACKGROUND, LABEL_NAMES, LEFT_LUNG, RIGHT_LUNG, lung_labels
 
 log = logging.getLogger(__name__)
 
@@ -46,43 +45,28 @@ class LungResult:
         return self.labels == LEFT_LUNG
 
 
-def image_shape(image: Any) -> tuple[int, int]:
-    """(rows, cols) of an array, an ``XRayImage`` or a ``FilmInput``."""
-    shape = image.shape if hasattr(image, "shape") else np.shape(image)
-    return (int(shape[0]), int(shape[1]))
+@dataclass(frozen=True)
+class LungCard:
+    """The lung model's part of its card (schema 1): ``labels`` 1 and 2 are the right and left
+    lung of :mod:`~xrayviewer.modellayer.postprocess` (1 = patient's right = image left)."""
+
+    labels: dict[str, str]
+
+    @classmethod
+    def from_fields(cls, f: CardFields) -> LungCard:
+        labels = {str(k): str(v) for k, v in f.mapping("labels").items()}
+        expected = {str(BACKGROUND): "", **{str(k): v for k, v in LABEL_NAMES.items()}}
+        if set(labels) != set(expected) or not all(labels[k].startswith(v) for k, v in expected.items()):
+            raise f.error("labels", f"{labels} do not name the code's label values "
+                                    f"(0 background, 1 {LABEL_NAMES[RIGHT_LUNG]}, 2 {LABEL_NAMES[LEFT_LUNG]})")
+        return cls(labels)
 
 
-def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
-                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
-    """Model-resolution probabilities resized back to each image's full resolution.
-
-    Shared by the app and the training evaluation so both measure the same code path.
-    Uses ``model(x, training=False)`` (no ``predict`` overhead, BN in inference mode).
-    """
-    out: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = np.stack([prepare_for_model(img, input_size, normalization) for img in chunk])
-        y = model(x, training=False)
-        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
-        for img, p in zip(chunk, prob):
-            out.append(mask_to_full_resolution(p, image_shape(img)))
-    return out
-
-
-class LungSegmenter:
+class LungSegmenter(BundledModel):
     """Loads the bundled lung model once (verified against its card) and segments images."""
 
-    def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
-        self.model, self.card = modelstore.load_model(name, models_root)
-
-    @property
-    def input_size(self) -> int:
-        return self.card.input_size
-
-    @property
-    def normalization(self) -> str:
-        return self.card.input_normalization
+    model_name = MODEL_NAME
+    card_section = LungCard
 
     def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
         """Segment several films (arrays must be 2-D grey; any size)."""
