@@ -196,3 +196,18 @@ def test_thumbnails_are_lazy(app, tmp_path: Path) -> None:  # noqa: F811
     strip.canvas.yview_moveto(1.0)
     pump(app, lambda: 39 in strip.loaded)
     assert 20 not in strip.loaded
+
+
+def test_results_panel_says_when_the_film_rule_withheld_regions(app, dicom_dir: Path) -> None:  # noqa: F811
+    _ready(app)
+    app.open_path(dicom_dir / "RG2_JPLL.dcm")
+    pump(app, lambda: app.session.image is not None)
+    _key(app, "a")
+    pump(app, lambda: app.session.analysis is not None)
+    r = app.results
+    assert "not reported" not in r.findings.get("1.0", "end")
+    withheld = r.result.__class__(**{**r.result.__dict__, "regions": (), "severity": "none",
+                                     "probabilities": {"Normal": 0.9, "COVID-19": 0.05, "Other pneumonia": 0.05},
+                                     "predicted_class": "Normal", "opacity_withheld_regions": 2})
+    app._on_analysis(withheld)
+    assert "2 candidate regions not reported: the classifier reads the film as Normal." in r.findings.get("1.0", "end")

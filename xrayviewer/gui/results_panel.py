@@ -96,6 +96,10 @@ class ResultsPanel(ttk.Frame):
                 (f"Total {inv.get('total', 0):.1f} % of the lung area, severity {result.severity}; "
                  f"{len(result.regions)} region{'s' if len(result.regions) != 1 else ''}"),
             ]
+            if result.opacity_withheld_regions:
+                n = result.opacity_withheld_regions
+                lines.append(f"{n} candidate region{'s' if n != 1 else ''} not reported: the classifier "
+                             "reads the film as Normal.")
         op = (result.operating_point or {}).get("COVID-19")
         if op is not None:
             flag = "above" if result.covid_positive else "below"
