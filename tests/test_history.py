@@ -50,6 +50,29 @@ def test_migration_from_v1(tmp_path: Path) -> None:
     assert h.entries()[0].report_paths == ()
 
 
+def test_migration_from_v2_adds_the_tuberculosis_columns(tmp_path: Path) -> None:
+    """A database written before the TB head: its rows survive with no TB score; new rows carry it."""
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[0] + ";" + MIGRATIONS[1])
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO analyses (created_at, origin, input_path, input_sha256, status, record_json)"
+                 " VALUES ('t', 'cli', '/old.png', 'x', 'ok', '{}')")
+    conn.commit()
+    conn.close()
+    h = History(db)
+    assert h.schema_version == SCHEMA_VERSION == 3
+    old = h.entries()[0]
+    assert old.input_path == "/old.png" and old.prob_tuberculosis is None and old.tb_positive is None
+    new = h.record(rec(1) | {"prob_tuberculosis": 0.91, "tb_positive": True}, origin="cli")
+    h.record(rec(2) | {"prob_tuberculosis": 0.12, "tb_positive": "False"}, origin="batch")  # a CSV row's text
+    assert h.get(new).prob_tuberculosis == 0.91 and h.get(new).tb_positive is True
+    assert h.entries(limit=1)[0].tb_positive is False
+    rows = list(csv.DictReader(open(h.export_csv(tmp_path / "h.csv"))))
+    assert list(rows[0])[-2:] == ["prob_tuberculosis", "tb_positive"]
+    assert [r["tb_positive"] for r in rows] == ["", "1", "0"]
+
+
 def test_corrupt_database_is_set_aside_not_wiped(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
     db.write_bytes(b"this is not a database" * 100)

@@ -40,6 +40,8 @@ CSV_COLUMNS = (
     "warnings",
     "file_sha256",
     "pixel_sha256",
+    "prob_tuberculosis",
+    "tb_positive",
 )
 
 
@@ -87,6 +89,12 @@ class AnalysisResult:
     involvement_pct: dict[str, float] | None = None  # right, left, total
     severity: str | None = None
     warnings: tuple[str, ...] = ()
+    # Tuberculosis head (optional model; None when not installed or the film was refused).
+    # Not one of the classes above: P(TB) is a separate screening score, see xrayviewer.tuberculosis.
+    prob_tuberculosis: float | None = None  # calibrated
+    tb_positive: bool | None = None  # prob_tuberculosis >= tb_operating_point
+    tb_operating_point: float | None = None
+    tb_heatmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -128,6 +136,8 @@ class AnalysisResult:
             "warnings": "; ".join(self.warnings),
             "file_sha256": self.file_sha256,
             "pixel_sha256": self.pixel_sha256,
+            "prob_tuberculosis": r(self.prob_tuberculosis),
+            "tb_positive": self.tb_positive,
         }
 
     def to_json(self, path: str | None = None) -> dict[str, Any]:
@@ -137,6 +147,7 @@ class AnalysisResult:
         rec["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         rec["model_details"] = [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in self.models]
         rec["operating_point"] = self.operating_point
+        rec["tb_operating_point"] = self.tb_operating_point
         rec["gate_scores"] = {k: round(float(v), 4) for k, v in self.gate.scores.items()}
         rec["image_shape"] = list(self.image_shape)
         return rec
