@@ -213,19 +213,26 @@ class TuberculosisHead:
     def score(self, gray: np.ndarray, lung_mask: np.ndarray | None = None, heatmap: bool = True) -> TBResult:
         return self.score_batch([gray], [lung_mask], heatmap)[0]
 
-    def heatmap(self, maps: Sequence[np.ndarray], box: Box, shape: tuple[int, int],
-                lung_mask: np.ndarray | None) -> np.ndarray:
-        """Contribution density of the TB logit at the image's (rows, cols), positive part,
-        lung-masked, scaled to [0, 1] (relative to the film's own maximum, like Grad-CAM)."""
+    def density(self, maps: Sequence[np.ndarray], box: Box, lung_mask: np.ndarray | None) -> np.ndarray:
+        """The logit's contribution per unit of area over the box (rows, cols of the box): its
+        mean over the box is ``logit - b_raw`` (exactly on the feature grids; the upsampling to
+        image pixels is linear)."""
         r0, r1, c0, c1 = box
         dens = np.zeros((r1 - r0, c1 - c0), np.float64)
         for a, w in zip(maps, np.split(self.w_raw, self._splits)):
             a = np.asarray(a, np.float64)
             cw = cell_weights(a.shape[:2], lung_mask, box, self.pooling)
-            contrib = (a @ w) * cw * cw.size  # per unit of area: integrates to the layer's share
+            contrib = (a @ w) * cw * cw.size  # cell's share of the logit times the number of cells
             dens += resize(contrib.astype(np.float32), (r1 - r0, c1 - c0))
+        return dens
+
+    def heatmap(self, maps: Sequence[np.ndarray], box: Box, shape: tuple[int, int],
+                lung_mask: np.ndarray | None) -> np.ndarray:
+        """Contribution density of the TB logit at the image's (rows, cols), positive part,
+        lung-masked, scaled to [0, 1] (relative to the film's own maximum, like Grad-CAM)."""
+        r0, r1, c0, c1 = box
         heat = np.zeros(shape, np.float32)
-        heat[r0:r1, c0:c1] = np.maximum(dens, 0.0)
+        heat[r0:r1, c0:c1] = np.maximum(self.density(maps, box, lung_mask), 0.0)
         if lung_mask is not None:
             m = np.asarray(lung_mask)
             if m.shape != tuple(shape):

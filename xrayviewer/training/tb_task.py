@@ -273,6 +273,8 @@ def bootstrap_ci(y: np.ndarray, score: np.ndarray, thr: float, n: int = N_BOOT, 
     """95% percentile intervals (stratified resampling) of AUC and of sens/spec at a fixed threshold."""
     rng = np.random.default_rng(seed)
     pos, neg = np.nonzero(y == 1)[0], np.nonzero(y == 0)[0]
+    if len(pos) == 0 or len(neg) == 0:  # a smoke run's tiny val part
+        return {"auc": [math.nan] * 2, "sensitivity": [math.nan] * 2, "specificity": [math.nan] * 2}
     aucs, sens, spec = [], [], []
     for _ in range(n):
         idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
@@ -525,6 +527,8 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
     with np.load(run / HEAD_FILE, allow_pickle=False) as z:
         np.savez(weights, **{k: z[k] for k in z.files})
     val, op, checks = summary["shenzhen_val"], summary["operating_point"], summary["checks"]
+    with open(run / "predictions.csv", newline="") as fh:  # names of the films the metrics are on
+        val_films = [Path(r["image"]).name for r in csv.DictReader(fh) if r["group"] == "shenzhen_val"]
     with open(dest / "comparison.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["design", "dim", "C", "train_cv_auc", "val_auc", "val_auc_ci95",
                                            "other_normals_flagged_at_train_cv_threshold", "extra_pass",
@@ -577,6 +581,7 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
                    "(see checks). Not validated on a second hospital's tuberculosis films (Montgomery is held "
                    "out of this repository).",
         "training_data": {"sources": "tb-shenzhen only (Shenzhen tuberculosis vs Shenzhen normal films)",
+                          "shenzhen_val_films": val_films,
                           "split": "patient-disjoint split file (python -m xrayviewer.training split), "
                                    "Shenzhen train part; one film per patient",
                           "shortcut_rule": "negatives are Shenzhen normal films only; other sources' normal "
