@@ -507,11 +507,11 @@ def train(data_dir: Path, split_file: Path, out: Path, *, seed: int, max_images:
 # ------------------------------------------------------------------ export
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| design | dim | L2 C | Shenzhen train 5-fold CV AUC | Shenzhen val AUC (95% CI) | other normals "
-            "flagged* | second pass |\n|---|---|---|---|---|---|---|\n")
+            "flagged* | extra input |\n|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r['design']} | {r['dim']} | {r['C']} | {r['train_cv_auc']:.4f} | {r['val_auc']:.4f} "
         f"({r['val_auc_ci95'][0]:.3f}-{r['val_auc_ci95'][1]:.3f}) | "
-        f"{100 * r['other_normals_flagged_at_train_cv_threshold']:.1f} % | {'yes' if r['extra_pass'] else 'no'} |\n"
+        f"{100 * r['other_normals_flagged_at_train_cv_threshold']:.1f} % | {'lung crop' if r['extra_pass'] else '-'} |\n"
         for r in rows)
 
 
@@ -594,6 +594,8 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
                     "second_hospital_auc": 0.85, "second_hospital_normal_flagged_max": 0.10},
         "comparison": summary["comparison"], "comparison_markdown": comparison_markdown(summary["comparison"]),
         "not_compared": summary["not_compared"],
+        "reproduce": ["python -m xrayviewer.training split --out runs/split.json", meta["command"],
+                      f"python -m xrayviewer.training export-tb --run {run}"],
         "training_command": meta["command"], "wall_time_s": meta["total_wall_time_s"],
         "train_wall_time_s": meta["train_wall_time_s"], "feature_extraction_wall_time_s": meta["extract_wall_time_s"],
         "hardware": meta["hardware"], "library_versions": meta["library_versions"],
