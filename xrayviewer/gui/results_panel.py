@@ -34,7 +34,7 @@ class ResultsPanel(ttk.Frame):
         self.bars = tk.Canvas(self, width=width, height=theme.px(self, BARS_HEIGHT), highlightthickness=0)
         self.bars.theme_role = "panel"  # type: ignore[attr-defined]
         self.bars.pack(fill="x")
-        self.findings = self._text(7)
+        self.findings = self._text(9)
         self.findings.pack(fill="x")
         self.details_open = tk.BooleanVar(value=False)
         self.fold = ttk.Button(self, text="▸ Details (D)", style="Fold.TButton", command=self.toggle_details)
@@ -110,9 +110,8 @@ class ResultsPanel(ttk.Frame):
         else:
             flag = "above" if result.tb_positive else "below"
             lines.append(f"Tuberculosis {result.prob_tuberculosis * 100:.0f} %, {flag} its operating point "
-                         f"({(result.tb_operating_point or 0) * 100:.0f} %): a separate screening score learned "
-                         f"on one hospital's films (Shenzhen), not a diagnosis; it can be high together with "
-                         f"COVID-19 or pneumonia.")
+                         f"({(result.tb_operating_point or 0) * 100:.0f} %): a separate screening score from one "
+                         f"hospital's films (Shenzhen), not a diagnosis; also high on COVID-19 or pneumonia.")
         self._write(self.findings, "\n".join(lines))
         self._write(self.details, self._footer(result))
 
