@@ -68,7 +68,8 @@ def test_migration_from_v2_adds_the_tuberculosis_columns(tmp_path: Path) -> None
     h.record(rec(2) | {"prob_tuberculosis": 0.12, "tb_positive": "False"}, origin="batch")  # a CSV row's text
     assert h.get(new).prob_tuberculosis == 0.91 and h.get(new).tb_positive is True
     assert h.entries(limit=1)[0].tb_positive is False
-    rows = list(csv.DictReader(open(h.export_csv(tmp_path / "h.csv"))))
+    with open(h.export_csv(tmp_path / "h.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert list(rows[0])[-2:] == ["prob_tuberculosis", "tb_positive"]
     assert [r["tb_positive"] for r in rows] == ["", "1", "0"]
 

@@ -27,6 +27,7 @@ tuberculosis, so "Shenzhen vs the rest" would be learned instead of tuberculosis
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -245,7 +246,7 @@ def binary_ece(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
     p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
     edges = np.linspace(0, 1, n_bins + 1)
     ece = 0.0
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for i, (lo, hi) in enumerate(itertools.pairwise(edges)):
         sel = (p >= lo) & ((p < hi) if i < n_bins - 1 else (p <= hi))
         if sel.any():
             ece += sel.mean() * abs(float(y[sel].mean()) - float(p[sel].mean()))
@@ -457,7 +458,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, seed: int, max_images:
                    "other sources' normals score lower than Shenzhen's.",
     }
     gate_sz = feats["gate_accepted"][tr | va]
-    checks["gate_on_shenzhen"] = {"n": int(len(gate_sz)), "accepted": int(gate_sz.sum()),
+    checks["gate_on_shenzhen"] = {"n": len(gate_sz), "accepted": int(gate_sz.sum()),
                                   "refused_codes": {c: int(v) for c, v in zip(*np.unique(
                                       feats["gate_code"][(tr | va) & ~feats["gate_accepted"]], return_counts=True))}}
     alternatives = []
@@ -615,14 +616,14 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
 def parity_check(run: Path, models_dir: Path, name: str, n: int = 12, tol: float = 1e-3) -> dict[str, Any]:
     """The bundled head through the app's own classes (load_image -> lungs -> TuberculosisHead)
     must give the run's probabilities on Shenzhen val films; fails the export otherwise."""
+    import os
+
     from ..classifier import DiseaseClassifier
     from ..imaging import load_image
     from ..lung import LungSegmenter
     from ..preprocessing import film_input
     from ..tuberculosis import TuberculosisHead
     from .cli_args import DEFAULT_DATA
-
-    import os
 
     data = Path(os.environ.get("XRAYVIEWER_DATA_DIR", DEFAULT_DATA))
     with open(run / "predictions.csv", newline="") as fh:
