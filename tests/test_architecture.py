@@ -39,7 +39,7 @@ TK_FREE_GUI = {"xrayviewer.gui.session", "xrayviewer.gui.worker", "xrayviewer.gu
 MAX_GUI_MODULE_LINES = 600
 DASK_MODULE = "xrayviewer.batch.cluster"
 MODEL_LAYER = "xrayviewer.modellayer"
-MODEL_MODULES = frozenset(f"{MODEL_LAYER}.{m}" for m in ("lung", "classifier", "gate", "opacity"))
+MODEL_MODULES = frozenset(f"{MODEL_LAYER}.{m}" for m in ("lung", "classifier", "gate", "opacity", "tuberculosis"))
 SHARED_MODEL_MODULES = frozenset({MODEL_LAYER} | {f"{MODEL_LAYER}.{m}" for m in
                                                   ("cards", "common", "modelstore", "preprocessing", "postprocess")})
 TENSORFLOW_ROOMS = {"modellayer", "inference", "training"}

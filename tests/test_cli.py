@@ -179,13 +179,14 @@ def test_analyze_with_the_real_models_is_quiet_and_never_rescores_its_outputs(da
     folder = tmp_path / "films"
     films = _films(data_dir, folder, 2)
     cmd = [sys.executable, "-m", "xrayviewer", "analyze", "-r", "-q", "."]
-    first = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300, env=_quiet_env())
+    env = {**_quiet_env(), "XRAYVIEWER_HISTORY_DB": str(tmp_path / "history.sqlite3")}  # not the user's
+    first = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr
     assert first.stderr == ""
     rows = (folder / "xrayviewer-results" / "results.csv").read_text()
     overlay = f"xrayviewer-results/{films[0].name}.overlay.png"
     second = subprocess.run([*cmd, overlay], cwd=folder, capture_output=True, text=True, timeout=300,
-                            env=_quiet_env())
+                            env=env)
     assert second.returncode == 0, second.stderr
     [line] = second.stderr.splitlines()
     assert line.startswith(f"WARNING xrayviewer: {overlay}: skipped: ") and "never analyses its own" in line

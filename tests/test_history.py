@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from xrayviewer.history import History
-from xrayviewer.history.db import MIGRATIONS, SCHEMA_VERSION
+from xrayviewer.history.db import MIGRATIONS, SCHEMA_VERSION, NewerSchemaError
 
 
 def rec(i: int, status: str = "ok") -> dict:
@@ -48,6 +50,30 @@ def test_migration_from_v1(tmp_path: Path) -> None:
     h = History(db)
     assert h.schema_version == SCHEMA_VERSION
     assert h.entries()[0].report_paths == ()
+
+
+def test_migration_from_v2_adds_the_tuberculosis_columns(tmp_path: Path) -> None:
+    """A database written before the TB head: its rows survive with no TB score; new rows carry it."""
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(MIGRATIONS[0] + ";" + MIGRATIONS[1])
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO analyses (created_at, origin, input_path, input_sha256, status, record_json)"
+                 " VALUES ('t', 'cli', '/old.png', 'x', 'ok', '{}')")
+    conn.commit()
+    conn.close()
+    h = History(db)
+    assert h.schema_version == SCHEMA_VERSION == 3
+    old = h.entries()[0]
+    assert old.input_path == "/old.png" and old.prob_tuberculosis is None and old.tb_positive is None
+    new = h.record(rec(1) | {"prob_tuberculosis": 0.91, "tb_positive": True}, origin="cli")
+    h.record(rec(2) | {"prob_tuberculosis": 0.12, "tb_positive": "False"}, origin="batch")  # a CSV row's text
+    assert h.get(new).prob_tuberculosis == 0.91 and h.get(new).tb_positive is True
+    assert h.entries(limit=1)[0].tb_positive is False
+    with open(h.export_csv(tmp_path / "h.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[-2:] == ["prob_tuberculosis", "tb_positive"]
+    assert [r["tb_positive"] for r in rows] == ["", "1", "0"]
 
 
 def test_corrupt_database_is_set_aside_not_wiped(tmp_path: Path) -> None:
@@ -103,15 +129,20 @@ def test_survives_a_kill_between_writes(tmp_path: Path) -> None:
 
 
 def test_newer_schema_is_refused_not_destroyed(tmp_path: Path) -> None:
+    """A database written by a newer xrayviewer is left exactly where it is (not set aside as
+    if damaged: the newer version must find its history when it runs again); this version
+    says so and keeps no history."""
     db = tmp_path / "h.db"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE x (a)")
+    conn.execute("INSERT INTO x VALUES (42)")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     conn.commit()
     conn.close()
-    h = History(db)
-    # Set aside (reported), never deleted: the newer app's data is still there.
-    assert h.recovered_from is not None
-    conn = sqlite3.connect(h.recovered_from)
+    with pytest.raises(NewerSchemaError, match="newer than this xrayviewer"):
+        History(db)
+    assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+    conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 5
+    assert conn.execute("SELECT a FROM x").fetchall() == [(42,)]
     conn.close()

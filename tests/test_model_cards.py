@@ -23,9 +23,10 @@ from xrayviewer.modellayer.classifier import CLASS_NAMES, ClassifierCard
 from xrayviewer.modellayer.gate import GATE_CLASSES, DomainGate, GateCard
 from xrayviewer.modellayer.lung import LungCard
 from xrayviewer.modellayer.opacity import OpacityCard
+from xrayviewer.modellayer.tuberculosis import TBCard
 
 SECTIONS = {"xray_classifier": ClassifierCard, "xray_gate": GateCard, "lung_unet": LungCard,
-            "opacity_generator": OpacityCard}
+            "opacity_generator": OpacityCard, "tb_head": TBCard}
 
 
 def _edited(tmp_path: Path, name: str, edit: Callable[[dict], None], weights: bool = False) -> Path:
@@ -55,7 +56,7 @@ def _refused(root: Path, name: str, field: str) -> CardError:
 
 
 def test_bundled_cards_validate() -> None:
-    """All four bundled cards pass the schema with their model's own section."""
+    """All five bundled cards pass the schema with their model's own section."""
     assert set(model_names()) == set(SECTIONS)
     for name in model_names():
         card = read_model_card(name)
@@ -158,3 +159,12 @@ def test_export_writes_the_schema_and_checks_it(tmp_path: Path) -> None:
     data["labels"] = {"0": "not a chest X-ray", "1": "lateral chest X-ray", "2": "frontal chest X-ray"}
     with pytest.raises(CardError, match="labels"):
         write_card(dest, data, GateCard)
+
+
+def test_tb_card_needs_its_calibration_and_base_classifier(tmp_path: Path) -> None:
+    root = _edited(tmp_path, "tb_head", lambda c: c["calibration"].pop("a"))
+    assert "Platt" in str(_refused(root, "tb_head", "calibration"))
+    root = _edited(tmp_path / "b", "tb_head", lambda c: c["base_model"].update(sha256="abc"))
+    _refused(root, "tb_head", "base_model")
+    root = _edited(tmp_path / "c", "tb_head", lambda c: c.update(pooling="max"))
+    _refused(root, "tb_head", "pooling")

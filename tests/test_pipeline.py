@@ -41,6 +41,7 @@ def test_covid_films_get_opacity_and_covid_leaning_scores(analyzer: Analyzer, da
         assert r.heatmap is not None and r.heatmap.shape == r.image_shape
         assert float(r.heatmap[r.lung_labels == 0].max(initial=0)) == 0.0  # masked to the lungs
     assert analyzer.has_opacity  # bundled: its absence must fail here, not skip
+    assert analyzer.has_tuberculosis  # bundled too (tests/test_tuberculosis.py scores real Shenzhen films)
     with_opacity = [r for r in accepted if r.involvement_pct["total"] > 0 and r.regions]
     assert len(with_opacity) >= len(accepted) // 2
     for r in accepted:
@@ -214,6 +215,7 @@ def test_reports_from_real_analyses(analyzer: Analyzer, tmp_path: Path, data_dir
     for m in results[0].models:
         assert m.sha256 in text
     assert "not a medical device" in text
+    assert "Tuberculosis (separate score)" in text and "Tuberculosis heatmap" in text
     seg = pydicom.dcmread(write_segmentation(results[1], images[1], tmp_path / "a.seg.dcm"))
     assert seg.pixel_array.shape[-2:] == (2128, 2000)
     sc = pydicom.dcmread(write_secondary_capture(results[1], images[1], tmp_path / "a.sc.dcm"))
@@ -243,8 +245,14 @@ def test_gui_shows_the_pipelines_values(analyzer: Analyzer, display: str, tmp_pa
             shown = app.results.percentages()
             for cls, p in r.probabilities.items():
                 assert shown[cls] == f"{p * 100:.1f}%"
+            assert shown["Tuberculosis"] == f"{r.prob_tuberculosis * 100:.1f}%"
+            assert "Tuberculosis" in app.results.text()
             view = app.render_current()
             assert view.ndim == 3  # lung outlines blended in
+            app._next_heatmap()  # Shift+G: the tuberculosis heatmap, layer on
+            assert app.session.heatmap_source == "tuberculosis" and app.heatmap_var.get() == "Tuberculosis"
+            assert not np.array_equal(app.render_current(), view)
+            app._next_heatmap()
         else:
             assert r.gate.reason in app.results.text()
         out = app.session.pdf_export(tmp_path / f"{path.name}.pdf")()

@@ -251,3 +251,28 @@ def test_cli_end_to_end_one_step(data_dir: Path, tmp_path: Path) -> None:
     assert card.training_command.startswith("python -m xrayviewer.training train-lung")
     assert "no GPU" in card.hardware["summary"] or card.hardware["gpus"]
     modelstore.clear_cache()
+
+
+def test_train_tb_and_export_smoke(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train-tb on a few films per source (features, design comparison, checks), export-tb
+    into a models folder, and the exported head loads through the app's class."""
+    import shutil
+
+    from xrayviewer import modelstore
+    from xrayviewer.training.__main__ import main
+
+    monkeypatch.setenv("XRAYVIEWER_DATA_DIR", str(data_dir))
+    common = ["--data-dir", str(data_dir), "--max-images", "24"]
+    split, run, models = tmp_path / "split.json", tmp_path / "tb", tmp_path / "models"
+    assert main(["split", *common, "--out", str(split)]) == 0
+    assert main(["train-tb", *common, "--split", str(split), "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert {r["design"] for r in summary["comparison"]} == {"gap", "lung", "multi_gap", "multi_lung", "crop_gap"}
+    assert summary["counts"]["shenzhen_train"]["n"] > 0 and "other_sources_normal_films" in summary["checks"]
+    for name in ("xray_classifier", "lung_unet"):
+        shutil.copytree(modelstore.models_dir() / name, models / name)
+    assert main(["export-tb", "--run", str(run), "--models-dir", str(models)]) == 0
+    card = modelstore.read_card("tb_head", models)
+    assert card.training_command.startswith("python -m xrayviewer.training train-tb")
+    assert card.raw["parity_check"]["n"] > 0 and (models / "tb_head" / "comparison.csv").is_file()
+    modelstore.clear_cache()

@@ -370,12 +370,18 @@ def cmd_history(args: argparse.Namespace, out: TextIO) -> int:
             out.write(json.dumps({"id": e.id, "created_at": e.created_at, "origin": e.origin, "path": e.input_path,
                                   "status": e.status, "predicted_class": e.predicted_class,
                                   "prob_covid19": e.prob_covid19, "involvement_total_pct": e.involvement_total_pct,
-                                  "severity": e.severity, "reports": list(e.report_paths)}) + "\n")
+                                  "severity": e.severity, "reports": list(e.report_paths),
+                                  "prob_tuberculosis": e.prob_tuberculosis, "tb_positive": e.tb_positive}) + "\n")
         return 0
     for e in entries:
-        what = (f"{e.predicted_class} (COVID-19 {e.prob_covid19 * 100:.0f}%), involvement "
-                f"{e.involvement_total_pct:.1f}% {e.severity}" if e.status == "ok" and e.prob_covid19 is not None
-                else (e.reason or e.status))
+        if e.status == "ok" and e.prob_covid19 is not None:
+            what = f"{e.predicted_class} (COVID-19 {e.prob_covid19 * 100:.0f}%)"
+            if e.involvement_total_pct is not None:  # None: no opacity model in that installation
+                what += f", involvement {e.involvement_total_pct:.1f}% {e.severity}"
+            if e.prob_tuberculosis is not None:
+                what += f", TB {e.prob_tuberculosis * 100:.0f}%" + (" (flagged)" if e.tb_positive else "")
+        else:
+            what = e.reason or e.status
         out.write(f"{e.id:>6}  {e.created_at}  {e.origin:<5}  {e.status:<7}  {e.input_path}  {what}\n")
     if not entries:
         out.write("no analyses recorded yet\n")

@@ -37,6 +37,7 @@ SHORTCUTS: list[tuple[str, str]] = [
     ("A / Ctrl+Enter", "Analyze"),
     ("Ctrl+.", "Cancel analysis"),
     ("L / O / B / G", "Toggle lung fields / opacity / boxes / heatmap overlays"),
+    ("Shift+G", "Heatmap of the top class / of tuberculosis"),
     ("D", "Show / hide the analysis details (timings, gate, model versions)"),
     ("S", "Compare: the film beside its previous analysis (linked zoom, pan, window); again to close"),
     ("Ctrl+E / Ctrl+P", "Export overlay PNG / PDF report"),

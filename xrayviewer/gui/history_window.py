@@ -11,7 +11,7 @@ from typing import Any
 
 class HistoryWindow(tk.Toplevel):
     COLUMNS = (("id", 50), ("when", 150), ("origin", 55), ("status", 65), ("class", 110), ("covid", 60),
-               ("involvement", 80), ("severity", 70), ("path", 360))
+               ("tb", 60), ("involvement", 80), ("severity", 70), ("path", 360))
 
     def __init__(self, master: tk.Misc, history: Any, on_open: Callable[[str], None],
                  on_compare: Callable[[Any], None] | None = None) -> None:
@@ -32,7 +32,7 @@ class HistoryWindow(tk.Toplevel):
             ttk.Button(top, text="◫ Compare with the open film", command=self._compare).pack(side="right", padx=6)
         self.tree = ttk.Treeview(self, columns=[c for c, _ in self.COLUMNS], show="headings")
         for c, w in self.COLUMNS:
-            self.tree.heading(c, text=c.capitalize())
+            self.tree.heading(c, text="TB" if c == "tb" else c.capitalize())
             self.tree.column(c, width=w, stretch=c == "path")
         self.tree.pack(fill="both", expand=True, padx=6, pady=(0, 6))
         self.tree.bind("<Double-1>", self._open)
@@ -47,9 +47,12 @@ class HistoryWindow(tk.Toplevel):
         entries = self.history.entries(search=self.query.get().strip() or None, limit=500)
         for e in entries:
             covid = f"{e.prob_covid19 * 100:.0f}%" if e.prob_covid19 is not None else ""
+            tb = "" if e.prob_tuberculosis is None else (f"{e.prob_tuberculosis * 100:.0f}%"
+                                                          + (" (+)" if e.tb_positive else ""))
             inv = f"{e.involvement_total_pct:.1f}%" if e.involvement_total_pct is not None else ""
             self.tree.insert("", "end", iid=str(e.id), values=(e.id, e.created_at, e.origin, e.status,
-                                                               e.predicted_class or "", covid, inv, e.severity or "",
+                                                               e.predicted_class or "", covid, tb, inv,
+                                                               e.severity or "",
                                                                e.input_path))
         self.count.configure(text=f"{len(entries)} shown of {self.history.count()}")
 

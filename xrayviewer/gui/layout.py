@@ -22,6 +22,7 @@ ZOOM_STEP = 1.25
 PANEL_WIDTH = 330
 # The overlay check boxes, in the order of ViewerSession.layers (lungs, opacity, boxes, heatmap).
 LAYER_LABELS = ("Lung fields", "Opacity", "Opacity boxes", "Heatmap")
+HEATMAP_LABELS = {"classifier": "Top class", "tuberculosis": "Tuberculosis"}  # readout.HEATMAP_SOURCES
 
 
 class ViewerLayout:
@@ -182,6 +183,13 @@ class ViewerLayout:
         self.alpha_var = tk.DoubleVar(value=self.settings.overlay_alpha)
         ttk.Scale(ov, from_=0.05, to=1.0, variable=self.alpha_var, takefocus=0,
                   command=lambda v: self._overlay_changed()).grid(row=3, column=1, sticky="ew")
+        # Which heatmap the layer shows (Shift+G switches): the classifier's top class or tuberculosis.
+        ttk.Label(ov, text="Heatmap of", style="Muted.TLabel").grid(row=4, column=0, sticky="w")
+        self.heatmap_var = tk.StringVar(value=HEATMAP_LABELS[self.session.heatmap_source])
+        self.heatmap_box = ttk.Combobox(ov, textvariable=self.heatmap_var, state="readonly", width=16,
+                                        values=list(HEATMAP_LABELS.values()), takefocus=0)
+        self.heatmap_box.grid(row=4, column=1, sticky="ew", pady=(2, 0))
+        self.heatmap_box.bind("<<ComboboxSelected>>", lambda e: self._heatmap_selected())
         ov.columnconfigure(1, weight=1)
         ttk.Separator(self.panel).pack(fill="x", pady=8 * k)
         ttk.Label(self.panel, text="Image", style="Heading.TLabel").pack(anchor="w")
@@ -223,11 +231,22 @@ class ViewerLayout:
             "Up": lambda: self.step_file(-1), "Down": lambda: self.step_file(1), "Prior": lambda: self.step_file(-1),
             "Next": lambda: self.step_file(1), "a": self.analyze, "l": lambda: self._toggle("lungs"),
             "o": lambda: self._toggle("opacity"), "b": lambda: self._toggle("boxes"),
-            "g": lambda: self._toggle("heatmap"), "KP_Add": lambda: self.zoom(ZOOM_STEP),
+            "g": lambda: self._toggle("heatmap"), "G": self._next_heatmap, "KP_Add": lambda: self.zoom(ZOOM_STEP),
             "KP_Subtract": lambda: self.zoom(1 / ZOOM_STEP), "s": self.toggle_compare, "d": self.results.toggle_details,
         }
         for key, fn in plain.items():
             r.bind(f"<KeyPress-{key}>", lambda e, fn=fn: self._key(e, fn))
+
+    def _heatmap_selected(self) -> None:
+        label = self.heatmap_var.get()
+        self.session.set_heatmap_source(next(k for k, v in HEATMAP_LABELS.items() if v == label))
+        self.layer_vars["heatmap"].set(True)
+        self._overlay_changed()
+
+    def _next_heatmap(self) -> None:
+        self.heatmap_var.set(HEATMAP_LABELS[self.session.next_heatmap_source()])
+        self.layer_vars["heatmap"].set(True)
+        self._overlay_changed()
 
     def _key(self, event: tk.Event, fn: Any) -> str | None:
         # Do not steal keys typed into entries/comboboxes.

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 BADGES = ("ok", "finding", "refused", "error")  # a thumbnail's badge once the film is analysed
 AI_TAG = "AI: research use"
 HEATMAP_SCALE = ("low", "high")  # Grad-CAM is relative to the film's own maximum: no units
+# What the heatmap layer shows: the classifier's Grad-CAM of its top class, or the TB head's map.
+HEATMAP_SOURCES = ("classifier", "tuberculosis")
 THUMB_SIZE = 112
 
 
@@ -43,12 +45,25 @@ def summary_line(result: AnalysisResult) -> tuple[str, str]:
         n = len(result.regions)
         opacity = (f"Opacity in {n} region{'s' if n > 1 else ''}, {inv.get('total', 0.0):.0f} % of the lungs"
                    f" ({result.severity or 'unknown'})")
-    kind = "finding" if _is_finding(top, result.covid_positive, result.regions, result.severity) else "ok"
-    return f"{opacity}; {score}", kind
+    kind = ("finding" if _is_finding(top, result.covid_positive, result.regions, result.severity,
+                                     result.tb_positive) else "ok")
+    tb = ""
+    if result.tb_positive and result.prob_tuberculosis is not None:
+        tb = f"; tuberculosis score {result.prob_tuberculosis * 100:.0f} % (above its operating point)"
+    return f"{opacity}; {score}{tb}", kind
 
 
-def _is_finding(top: str | None, covid_positive: Any, regions: Any, severity: str | None) -> bool:
-    return bool((top and top != "Normal") or covid_positive or regions or (severity not in (None, "", "none")))
+def _is_finding(top: str | None, covid_positive: Any, regions: Any, severity: str | None,
+                tb_positive: Any = None) -> bool:
+    return bool((top and top != "Normal") or covid_positive or regions or (severity not in (None, "", "none"))
+                or _flag(tb_positive))
+
+
+def _flag(value: Any) -> bool:
+    """A recorded flag: a bool, or its text in a CSV row ("True"/"False"/"")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def badge_kind(record: dict[str, Any]) -> str:
@@ -60,7 +75,7 @@ def badge_kind(record: dict[str, Any]) -> str:
         return "error"
     regions = record.get("opacity_regions") or 0
     return "finding" if _is_finding(record.get("predicted_class") or None, record.get("covid_positive"),
-                                    regions, record.get("severity") or None) else "ok"
+                                    regions, record.get("severity") or None, record.get("tb_positive")) else "ok"
 
 
 def record_summary(record: dict[str, Any]) -> str:
@@ -76,6 +91,9 @@ def record_summary(record: dict[str, Any]) -> str:
     if total is not None:
         text = (f"opacity {float(total):.0f} % of the lungs ({record.get('severity') or '?'}); " if total
                 else "no opacity; ") + text
+    tb = record.get("prob_tuberculosis")
+    if tb is not None and tb != "":
+        text += f"; TB {float(tb) * 100:.0f} %" + (" (flagged)" if _flag(record.get("tb_positive")) else "")
     return text
 
 
@@ -120,6 +138,8 @@ def corner_texts(image: Any, *, window: Any, state: ViewState | None, user_inver
     if result is not None:
         tr.append(summary_line(result)[0] if not result.gate.accepted else
                   f"{result.predicted_class or '?'} {(result.probabilities or {}).get(result.predicted_class or '', 0) * 100:.0f} %")
+        if result.gate.accepted and result.tb_positive and result.prob_tuberculosis is not None:
+            tr.append(f"Tuberculosis {result.prob_tuberculosis * 100:.0f} % (flagged)")
     bl: list[str] = []
     if window is not None:
         if window.kind == "lut":
@@ -154,7 +174,15 @@ class LegendItem:
     scale: tuple[str, str] | None = None
 
 
-def legend_items(options: OverlayOptions, result: AnalysisResult | None) -> list[LegendItem]:
+def shown_heatmap(result: AnalysisResult | None, source: str) -> np.ndarray | None:
+    """The heatmap the layer draws: the classifier's, or the tuberculosis head's."""
+    if result is None:
+        return None
+    return result.tb_heatmap if source == "tuberculosis" else result.heatmap
+
+
+def legend_items(options: OverlayOptions, result: AnalysisResult | None,
+                 heatmap_source: str = "classifier") -> list[LegendItem]:
     """One item per layer that is switched on *and* drawn for this result (a layer the
     analysis did not produce, or a refused film, has no legend entry)."""
     if result is None or not result.gate.accepted:
@@ -166,8 +194,9 @@ def legend_items(options: OverlayOptions, result: AnalysisResult | None) -> list
         items.append(LegendItem("Opacity", options.opacity_color))
     if options.boxes and result.regions:
         items.append(LegendItem("Opacity region", BOX_COLOR))
-    if options.heatmap and result.heatmap is not None:
-        items.append(LegendItem(f"Heatmap ({result.predicted_class or 'top class'})", None, HEATMAP_SCALE))
+    if options.heatmap and shown_heatmap(result, heatmap_source) is not None:
+        what = "Tuberculosis" if heatmap_source == "tuberculosis" else (result.predicted_class or "top class")
+        items.append(LegendItem(f"Heatmap ({what})", None, HEATMAP_SCALE))
     return items
 
 

@@ -1,7 +1,8 @@
 """The analysis side panel, most important first: a one-line plain-language summary (or the
 gate's refusal as a banner with its reason), the calibrated probabilities as bars with the
-operating point, opacity involvement and severity; timings, gate scores and model versions
-folded under "Details" (button or ``D``)."""
+operating point (the tuberculosis score on its own bar below the three classes: it is a
+separate score, not a fourth class), opacity involvement and severity; timings, gate scores
+and model versions folded under "Details" (button or ``D``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from ..inference.result import CLASS_NAMES, AnalysisResult
 from . import theme
 from .readout import summary_line
 
-BAR_COLOURS = {"Normal": "#3a9d5d", "COVID-19": "#d0453b", "Other pneumonia": "#e09b26"}
+BAR_COLOURS = {"Normal": "#3a9d5d", "COVID-19": "#d0453b", "Other pneumonia": "#e09b26", "Tuberculosis": "#8e6cc8"}
+TB = "Tuberculosis"
+BARS_HEIGHT = 86  # three class bars
+TB_BAR_EXTRA = 34  # a gap and the tuberculosis bar
 SUMMARY_STYLES = {"ok": "SummaryOk.TLabel", "finding": "SummaryFinding.TLabel", "refused": "Refusal.TLabel",
                   "message": "Summary.TLabel", "error": "Error.TLabel"}
 
@@ -27,10 +31,10 @@ class ResultsPanel(ttk.Frame):
                                  style="Summary.TLabel")
         self.summary.pack(fill="x", pady=(4, 6))
         self.summary_kind = "message"
-        self.bars = tk.Canvas(self, width=width, height=theme.px(self, 86), highlightthickness=0)
+        self.bars = tk.Canvas(self, width=width, height=theme.px(self, BARS_HEIGHT), highlightthickness=0)
         self.bars.theme_role = "panel"  # type: ignore[attr-defined]
         self.bars.pack(fill="x")
-        self.findings = self._text(5)
+        self.findings = self._text(9)
         self.findings.pack(fill="x")
         self.details_open = tk.BooleanVar(value=False)
         self.fold = ttk.Button(self, text="▸ Details (D)", style="Fold.TButton", command=self.toggle_details)
@@ -85,7 +89,8 @@ class ResultsPanel(ttk.Frame):
                                         "radiographs like those they were trained on."))
             self._write(self.details, self._footer(result))
             return
-        self.bars.configure(height=theme.px(self, 86))
+        self.bars.configure(height=theme.px(self, BARS_HEIGHT + (TB_BAR_EXTRA if result.prob_tuberculosis
+                                                                  is not None else 0)))
         self._draw_bars(result)
         inv = result.involvement_pct
         if inv is None:
@@ -104,6 +109,13 @@ class ResultsPanel(ttk.Frame):
         if op is not None:
             flag = "above" if result.covid_positive else "below"
             lines.append(f"COVID-19 {flag} its operating point ({op * 100:.0f} %, the mark on the bar).")
+        if result.prob_tuberculosis is None:
+            lines.append("Tuberculosis: not available (the tuberculosis model is not installed in this build).")
+        else:
+            flag = "above" if result.tb_positive else "below"
+            lines.append(f"Tuberculosis {result.prob_tuberculosis * 100:.0f} %, {flag} its operating point "
+                         f"({(result.tb_operating_point or 0) * 100:.0f} %): a separate screening score from one "
+                         f"hospital's films (Shenzhen), not a diagnosis; also high on COVID-19 or pneumonia.")
         self._write(self.findings, "\n".join(lines))
         self._write(self.details, self._footer(result))
 
@@ -123,10 +135,13 @@ class ResultsPanel(ttk.Frame):
         k = theme.px(self, 1)
         label_w, row, bar_h = 118 * k, 26 * k, 16 * k
         bar_w = max(40, int(c.winfo_width() or self.width) - label_w - 56 * k)
-        for i, name in enumerate(CLASS_NAMES):
-            p = float(probs.get(name, 0.0))
-            y = 6 * k + i * row
-            top = name == result.predicted_class
+        rows = [(name, float(probs.get(name, 0.0)), (result.operating_point or {}).get(name), 0)
+                for name in CLASS_NAMES]
+        if result.prob_tuberculosis is not None:  # its own bar, set apart: not a fourth class
+            rows.append((TB, float(result.prob_tuberculosis), result.tb_operating_point, 8 * k))
+        for i, (name, p, op, gap) in enumerate(rows):
+            y = 6 * k + i * row + gap
+            top = name == result.predicted_class or (name == TB and bool(result.tb_positive))
             font = ("TkDefaultFont", 10, "bold") if top else ("TkDefaultFont", 10)
             c.create_text(2, y + bar_h / 2, text=name, anchor="w", font=font, fill=pal.fg)
             c.create_rectangle(label_w, y, label_w + bar_w, y + bar_h, outline=pal.border, fill=pal.field)
@@ -134,7 +149,6 @@ class ResultsPanel(ttk.Frame):
                                fill=BAR_COLOURS.get(name, "#555"))
             c.create_text(label_w + bar_w + 6, y + bar_h / 2, text=f"{p * 100:.1f}%", anchor="w", font=font,
                           fill=pal.fg, tags=(f"pct-{name}",))
-            op = (result.operating_point or {}).get(name)
             if op is not None:
                 x = label_w + bar_w * float(op)
                 c.create_line(x, y - 3, x, y + bar_h + 3, fill=pal.fg, width=2, tags=(f"op-{name}",))
@@ -152,7 +166,7 @@ class ResultsPanel(ttk.Frame):
 
     def percentages(self) -> dict[str, str]:
         out: dict[str, Any] = {}
-        for name in CLASS_NAMES:
+        for name in (*CLASS_NAMES, TB):
             items = self.bars.find_withtag(f"pct-{name}")
             if items:
                 out[name] = self.bars.itemcget(items[0], "text")

@@ -69,6 +69,7 @@ class ViewerSession:
         self.rulers: list[tuple[Point, Point]] = []
         self.ruler_mode = False
         self.layers = {name: name != "heatmap" for name in LAYERS}
+        self.heatmap_source = "classifier"  # readout.HEATMAP_SOURCES: which heatmap the layer draws
         # analysis
         self.analyzer = analyzer
         self.analysis: AnalysisResult | None = None
@@ -304,12 +305,26 @@ class ViewerSession:
         if r is None or self.state is None:
             return None
         opts = self.overlay_options()
-        key = (id(r), opts, self.state)
+        key = (id(r), opts, self.state, self.heatmap_source)
         if key != self._layer_key:
             self._layer = view_layer(self.state, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask,
-                                     regions=r.regions, heatmap=r.heatmap, options=opts)
+                                     regions=r.regions, heatmap=readout.shown_heatmap(r, self.heatmap_source),
+                                     options=opts)
             self._layer_key = key
         return self._layer
+
+    def set_heatmap_source(self, source: str) -> None:
+        """Show the classifier's heatmap or the tuberculosis head's (readout.HEATMAP_SOURCES)."""
+        if source not in readout.HEATMAP_SOURCES:
+            raise ValueError(f"unknown heatmap {source!r}")
+        self.heatmap_source = source
+
+    def next_heatmap_source(self) -> str:
+        """The other heatmap (Shift+G); switches the layer on."""
+        i = readout.HEATMAP_SOURCES.index(self.heatmap_source)
+        self.set_heatmap_source(readout.HEATMAP_SOURCES[(i + 1) % len(readout.HEATMAP_SOURCES)])
+        self.layers["heatmap"] = True
+        return self.heatmap_source
 
     def overlays_changed(self) -> None:
         """Colours in the settings changed: the cached overlay layer is stale."""
@@ -327,7 +342,7 @@ class ViewerSession:
         opts = self.overlay_options()
         labels = (readout.region_labels(self.state, self.analysis, self.image.metadata.pixel_spacing)
                   if opts.boxes else [])
-        return corners.as_dict(), readout.legend_items(opts, self.analysis), labels
+        return corners.as_dict(), readout.legend_items(opts, self.analysis, self.heatmap_source), labels
 
     def follow(self, other: ViewerSession) -> bool:
         """Take ``other``'s zoom, pan, rotation, flips, window and inversion (linked compare
@@ -463,13 +478,14 @@ class ViewerSession:
             raise XRayViewerError("nothing to export: open an image first")
         image, window, invert, r = self.image, self.window, self.user_invert, self.analysis
         opts = replace(self.overlay_options(), legend=True)
+        heat = readout.shown_heatmap(r, self.heatmap_source)
 
         def job() -> Path:
             grey = image.render(window, invert=invert)
             if r is None:
                 return atomic_write_bytes(path, encode_png(np.dstack([grey] * 3), "view"))
             rgb = compose_overlay(grey, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
-                                  heatmap=r.heatmap, options=opts)
+                                  heatmap=heat, options=opts)
             return atomic_write_bytes(path, encode_png(rgb, "overlay"))
 
         return job

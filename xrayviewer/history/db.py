@@ -54,12 +54,26 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE analyses ADD COLUMN report_paths TEXT NOT NULL DEFAULT '[]';
     """,
+    # v3: the tuberculosis score (NULL for older analyses and installations without the model)
+    """
+    ALTER TABLE analyses ADD COLUMN prob_tuberculosis REAL;
+    ALTER TABLE analyses ADD COLUMN tb_positive INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 EXPORT_COLUMNS = ("id", "created_at", "origin", "input_path", "input_sha256", "status", "reason", "predicted_class",
                   "prob_normal", "prob_covid19", "prob_other_pneumonia", "involvement_total_pct", "severity",
-                  "models", "report_paths")
+                  "models", "report_paths", "prob_tuberculosis", "tb_positive")
+
+
+def _bool_or_none(value: Any) -> bool | None:
+    """A stored flag (bool, 0/1, "True"/"False" from a CSV row) as a bool; None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
 
 
 def default_history_path() -> Path:
@@ -87,6 +101,13 @@ class HistoryEntry:
     models: str | None
     report_paths: tuple[str, ...]
     record: dict[str, Any]
+    prob_tuberculosis: float | None = None
+    tb_positive: bool | None = None
+
+
+class NewerSchemaError(RuntimeError):
+    """The database was written by a newer xrayviewer. Not damage: it is left as it is (never
+    moved aside), and this version keeps no history until the newer one is used again."""
 
 
 class History:
@@ -119,8 +140,10 @@ class History:
             ok = conn.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {ok}")
-            self._migrate(conn)
-            conn.close()
+            try:
+                self._migrate(conn)
+            finally:
+                conn.close()
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             for suffix in ("", "-wal", "-shm"):
@@ -138,7 +161,8 @@ class History:
     def _migrate(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"history schema v{version} is newer than this xrayviewer (v{SCHEMA_VERSION})")
+            raise NewerSchemaError(f"history schema v{version} is newer than this xrayviewer (v{SCHEMA_VERSION}): "
+                                   "left untouched, no history is kept by this version")
         for v in range(version, SCHEMA_VERSION):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -169,12 +193,13 @@ class History:
         cur = self._conn().execute(
             "INSERT INTO analyses (created_at, origin, input_path, input_sha256, status, reason, predicted_class,"
             " prob_normal, prob_covid19, prob_other_pneumonia, involvement_total_pct, severity, models, record_json,"
-            " report_paths) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " report_paths, prob_tuberculosis, tb_positive) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (now, origin, str(record.get("path", "")), str(record.get("input_sha256") or ""),
              str(record.get("status", "")), record.get("reason") or None, record.get("predicted_class") or None,
              record.get("prob_normal"), record.get("prob_covid19"), record.get("prob_other_pneumonia"),
              record.get("involvement_total_pct"), record.get("severity") or None, record.get("models") or None,
-             json.dumps(record, default=str), json.dumps(list(report_paths))),
+             json.dumps(record, default=str), json.dumps(list(report_paths)), record.get("prob_tuberculosis"),
+             _bool_or_none(record.get("tb_positive"))),
         )
         return int(cur.lastrowid)
 
@@ -218,6 +243,7 @@ class History:
             predicted_class=row["predicted_class"], prob_covid19=row["prob_covid19"],
             involvement_total_pct=row["involvement_total_pct"], severity=row["severity"], models=row["models"],
             report_paths=tuple(json.loads(row["report_paths"] or "[]")), record=json.loads(row["record_json"]),
+            prob_tuberculosis=row["prob_tuberculosis"], tb_positive=_bool_or_none(row["tb_positive"]),
         )
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:

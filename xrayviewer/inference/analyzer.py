@@ -8,7 +8,9 @@ Stages, in order, each batched across images and separated by cancel checks:
 3. classifier -> calibrated probabilities; its embedding feeds the gate's last check
    (Mahalanobis distance to the training data, ``DomainGate.confirm``); Grad-CAM heatmap
    masked to the lungs;
-4. opacity generator -> probability map, mask, regions, per-lung involvement, severity.
+4. opacity generator -> probability map, mask, regions, per-lung involvement, severity;
+5. tuberculosis head (optional model) on the classifier's feature maps -> calibrated
+   P(TB), TB-positive at its operating point, a lung-masked heatmap.
 
 Models load lazily, once, each verified against its card (sha256). Use one Analyzer from
 one worker thread at a time (a lock serialises calls).
@@ -39,8 +41,10 @@ def _model_classes() -> tuple[Any, ...]:
     from ..modellayer.gate import DomainGate
     from ..modellayer.lung import LungSegmenter
     from ..modellayer.opacity import OpacityDetector
+    from ..modellayer.tuberculosis import TuberculosisHead
 
-    return (DomainGate, LungSegmenter, DiseaseClassifier, OpacityDetector)
+    # New models are appended: the order is the "models" column's and the resume key's.
+    return (DomainGate, LungSegmenter, DiseaseClassifier, OpacityDetector, TuberculosisHead)
 
 
 def model_names() -> tuple[str, ...]:
@@ -60,9 +64,9 @@ def read_model_card(name: str, root: Path | None = None) -> Any:
 def optional_model_names() -> tuple[str, ...]:
     """Models whose absence (no card at all) only disables their stage, with a warning on
     every result. A present but damaged model is always an error."""
-    from ..modellayer import opacity
+    from ..modellayer import opacity, tuberculosis
 
-    return (opacity.MODEL_NAME,)
+    return (opacity.MODEL_NAME, tuberculosis.MODEL_NAME)
 
 
 def _bundled(name: str, root: Path | None) -> bool:
@@ -72,7 +76,9 @@ def _bundled(name: str, root: Path | None) -> bool:
 
 
 OPACITY_MISSING = "opacity model not installed in this build: no opacity map, involvement or severity"
-STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities")
+TB_MISSING = "tuberculosis model not installed in this build: no tuberculosis score"
+STAGES = ("Loading models", "Checking the image", "Segmenting lungs", "Scoring", "Finding opacities",
+          "Scoring tuberculosis")
 
 
 class Analyzer:
@@ -88,6 +94,7 @@ class Analyzer:
         self._lung: Any = None
         self._classifier: Any = None
         self._opacity: Any = None
+        self._tb: Any = None
         self._infos: tuple[ModelInfo, ...] | None = None
 
     # ------------------------------------------------------------------ models
@@ -114,6 +121,10 @@ class Analyzer:
     def has_opacity(self) -> bool:
         return self._opacity is not None
 
+    @property
+    def has_tuberculosis(self) -> bool:
+        return self._tb is not None
+
     def load(self, progress: ProgressFn | None = None) -> None:
         """Configure the device and load all models (idempotent)."""
         if self.loaded:
@@ -121,7 +132,10 @@ class Analyzer:
         from ..modellayer.classifier import DiseaseClassifier
         from ..modellayer.gate import DomainGate
         from ..modellayer.lung import LungSegmenter
+        from ..modellayer.opacity import MODEL_NAME as OPACITY
         from ..modellayer.opacity import OpacityDetector
+        from ..modellayer.tuberculosis import MODEL_NAME as TB
+        from ..modellayer.tuberculosis import TuberculosisHead
         from .device import configure_device
 
         report(progress, STAGES[0], 0.0)
@@ -132,14 +146,20 @@ class Analyzer:
         lung = LungSegmenter(models_root=self.models_root)
         report(progress, STAGES[0], 0.5)
         opacity = None
-        if _bundled(optional_model_names()[0], self.models_root):
+        if _bundled(OPACITY, self.models_root):
             opacity = OpacityDetector(models_root=self.models_root)
         else:
             log.warning(OPACITY_MISSING)
         report(progress, STAGES[0], 0.75)
         classifier = DiseaseClassifier(models_root=self.models_root, lung_segmenter=lung)
+        tb = None
+        if _bundled(TB, self.models_root):
+            tb = TuberculosisHead(classifier, models_root=self.models_root)
+        else:
+            log.warning(TB_MISSING)
         # Assigned together, last: a failure above leaves the Analyzer unloaded, not half-loaded.
-        self._gate, self._lung, self._opacity, self._classifier = gate, lung, opacity, classifier
+        self._gate, self._lung, self._opacity, self._tb = gate, lung, opacity, tb
+        self._classifier = classifier
         report(progress, STAGES[0], 1.0)
         log.info("models loaded on %s", self.device)
 
@@ -219,6 +239,18 @@ class Analyzer:
                 # The card's film-level rule: regions only where the classifier agrees.
                 opac[i] = apply_film_rule(res, self._opacity.film_rule, scores[i].top_class)
         self._split(timings, "opacity", time.perf_counter() - t, accepted)
+        cancel.check()
+
+        # 5. tuberculosis head: its own pass of the classifier's network on the same input
+        tbs: dict[int, Any] = {}
+        if accepted and self._tb is not None:
+            report(progress, STAGES[5], 0.9)
+            t = time.perf_counter()
+            for i, res in zip(accepted, self._tb.score_batch([grays[i] for i in accepted],
+                                                             [lungs[i].mask for i in accepted],
+                                                             heatmap=self.heatmap)):
+                tbs[i] = res
+            self._split(timings, "tuberculosis", time.perf_counter() - t, accepted)
         report(progress, "Done", 1.0)
 
         infos = self.model_infos()
@@ -230,7 +262,7 @@ class Analyzer:
                 lung = lungs.get(i)
                 out.append(AnalysisResult(gate=verdicts[i], lung_labels=lung.labels if lung else None, **base))
                 continue
-            cls, op, lung = scores[i], opac.get(i), lungs[i]
+            cls, op, lung, tb = scores[i], opac.get(i), lungs[i], tbs.get(i)
             probs = {c: float(p) for c, p in zip(cls.labels, cls.probabilities)}
             if op is None:
                 base["warnings"] = tuple(base["warnings"]) + (OPACITY_MISSING,)
@@ -239,6 +271,8 @@ class Analyzer:
 
                 base["warnings"] = tuple(base["warnings"]) + (
                     withheld_message(op.withheld_regions, probs.get("Normal")),)
+            if tb is None:
+                base["warnings"] = tuple(base["warnings"]) + (TB_MISSING,)
             out.append(AnalysisResult(
                 gate=verdicts[i],
                 probabilities=probs,
@@ -252,6 +286,10 @@ class Analyzer:
                 involvement_pct=dict(op.involvement_pct) if op else None,
                 severity=op.grade if op else None,
                 opacity_withheld_regions=op.withheld_regions if op else None,
+                prob_tuberculosis=tb.probability if tb else None,
+                tb_positive=tb.positive if tb else None,
+                tb_operating_point=tb.threshold if tb else None,
+                tb_heatmap=tb.heatmap if tb else None,
                 **base,
             ))
         return out

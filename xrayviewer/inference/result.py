@@ -41,6 +41,8 @@ CSV_COLUMNS = (
     "file_sha256",
     "pixel_sha256",
     "opacity_withheld_regions",
+    "prob_tuberculosis",
+    "tb_positive",
 )
 
 
@@ -91,6 +93,12 @@ class AnalysisResult:
     # Regions the opacity card's film-level rule did not report (the classifier read the
     # film as Normal); None when no opacity model ran.
     opacity_withheld_regions: int | None = None
+    # Tuberculosis head (optional model; None when not installed or the film was refused).
+    # Not one of the classes above: P(TB) is a separate screening score, see xrayviewer.modellayer.tuberculosis.
+    prob_tuberculosis: float | None = None  # calibrated
+    tb_positive: bool | None = None  # prob_tuberculosis >= tb_operating_point
+    tb_operating_point: float | None = None
+    tb_heatmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -133,6 +141,8 @@ class AnalysisResult:
             "file_sha256": self.file_sha256,
             "pixel_sha256": self.pixel_sha256,
             "opacity_withheld_regions": self.opacity_withheld_regions,
+            "prob_tuberculosis": r(self.prob_tuberculosis),
+            "tb_positive": self.tb_positive,
         }
 
     def to_json(self, path: str | None = None) -> dict[str, Any]:
@@ -142,6 +152,7 @@ class AnalysisResult:
         rec["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         rec["model_details"] = [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in self.models]
         rec["operating_point"] = self.operating_point
+        rec["tb_operating_point"] = self.tb_operating_point
         rec["gate_scores"] = {k: round(float(v), 4) for k, v in self.gate.scores.items()}
         rec["image_shape"] = list(self.image_shape)
         return rec

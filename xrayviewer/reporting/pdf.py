@@ -1,5 +1,6 @@
-"""PDF reports: one page per image (plain image beside the overlay, calibrated scores with
-the operating point, per-lung involvement, regions, gate verdict, model identities,
+"""PDF reports: one page per image (plain image beside the overlay and the tuberculosis
+heatmap, calibrated scores with the operating point, the tuberculosis score, per-lung
+involvement, regions, gate verdict, model identities,
 input hash, software version, date, research notice), plus a summary page for a batch.
 
 fpdf2 writes real (selectable, searchable) text with an embedded Unicode font (DejaVu Sans,
@@ -36,6 +37,8 @@ EXPLANATIONS = (
      "orange = left lung."),
     ("Opacity", "Red: regions the opacity model marks as ground-glass/consolidation, restricted to the lung fields. "
      "Involvement = opacity area / lung area for each lung. Yellow boxes: connected opacity regions."),
+    ("Tuberculosis", "A separate screening score, not a fourth class, learned from one hospital's films (Shenzhen); "
+     "it can be high together with COVID-19 or pneumonia. Its heatmap: where in the lungs the score comes from."),
 )
 
 
@@ -143,15 +146,22 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
         pat = img.patient
         p.multi_cell(0, 4.4, f"Patient: {pat.name or '-'}, ID {pat.patient_id or '-'}, born {pat.birth_date or '-'}, "
                              f"accession {pat.accession_number or '-'}", new_x="LMARGIN", new_y="NEXT")
-    # Images side by side.
+    # Images side by side (a third one, the tuberculosis heatmap, when there is one).
     plain = img.display
     overlay = compose_overlay(plain, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
                               options=OverlayOptions(alpha=0.35, legend=False))  # colours explained below
+    tb_heat = None
+    if r.gate.accepted and r.tb_heatmap is not None:
+        tb_heat = compose_overlay(plain, lung_labels=r.lung_labels, heatmap=r.tb_heatmap,
+                                  options=OverlayOptions(opacity=False, boxes=False, heatmap=True, alpha=0.55))
+    panels = 3 if tb_heat is not None else 2
     y = p.get_y() + 2
-    avail_w = (p.w - p.l_margin - p.r_margin - 6) / 2
+    avail_w = (p.w - p.l_margin - p.r_margin - 6 * (panels - 1)) / panels
     # Keep the page to one A4 sheet: the images give up the height the region table and the
     # warnings take (a 4.2 mm row each), down to 50 mm.
     extra_rows = max(0, len(r.regions) - 1) + 2 * len(r.warnings)
+    if r.gate.accepted:  # the tuberculosis row, its model line and its two-line explanation
+        extra_rows += 4
     max_h = max(50.0, 80.0 - 4.2 * extra_rows)
     aspect = plain.shape[0] / plain.shape[1]
     w = min(avail_w, max_h / aspect)
@@ -159,10 +169,17 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     x0 = p.l_margin
     p.image(_png(plain), x=x0, y=y, w=w, h=h)
     p.image(_png(overlay), x=x0 + avail_w + 6, y=y, w=w, h=h)
+    if tb_heat is not None:
+        p.image(_png(tb_heat), x=x0 + 2 * (avail_w + 6), y=y, w=w, h=h)
     p.set_xy(x0, y + h + 1)
     p.set_font("DejaVu", "", 7.5)
     p.cell(avail_w + 6, 4, "Image as loaded (default window)")
-    p.cell(avail_w, 4, "Lung fields, opacity and regions", new_x="LMARGIN", new_y="NEXT")
+    if tb_heat is None:
+        p.cell(avail_w, 4, "Lung fields, opacity and regions", new_x="LMARGIN", new_y="NEXT")
+    else:
+        p.cell(avail_w + 6, 4, "Lung fields, opacity and regions")
+        p.cell(avail_w, 4, f"Tuberculosis heatmap (score {(r.prob_tuberculosis or 0) * 100:.0f} %)",
+               new_x="LMARGIN", new_y="NEXT")
 
     doc.heading("Domain check")
     verdict = "Accepted: " if r.gate.accepted else "NOT SCORED: "
@@ -177,6 +194,14 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
             flag = "" if op is None or prob is None else ("above (flagged)" if prob >= op else "below")
             doc.row((c + (" (highest)" if c == r.predicted_class else ""), f"{prob * 100:.1f} %" if prob is not None
                      else "-", f"{op:.2f}" if op is not None else "-", flag), widths)
+        if r.prob_tuberculosis is None:
+            p.multi_cell(0, 4.6, "Tuberculosis: not available (the tuberculosis model is not installed in this "
+                                 "build).", new_x="LMARGIN", new_y="NEXT")
+        else:
+            op = r.tb_operating_point
+            doc.row(("Tuberculosis (separate score)", f"{r.prob_tuberculosis * 100:.1f} %",
+                     f"{op:.2f}" if op is not None else "-",
+                     "above (flagged)" if r.tb_positive else "below"), widths)
         inv = r.involvement_pct or {}
         doc.heading("Opacity and lung involvement")
     if r.gate.accepted and r.involvement_pct is None:
@@ -225,16 +250,19 @@ def _summary(doc: _Doc, rows: Sequence[dict], *, generated: str) -> None:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
     p.multi_cell(0, 5, f"Analysed: {counts.get('ok', 0)}   Not scored (out of domain): {counts.get('refused', 0)}   "
                        f"Failed: {counts.get('error', 0)}", new_x="LMARGIN", new_y="NEXT")
-    widths = (62, 18, 36, 20, 24, 26)
-    doc.row(("Image", "Status", "Highest score", "COVID-19", "Involvement", "Severity"), widths, bold=True)
+    widths = (50, 16, 32, 20, 20, 24, 24)
+    doc.row(("Image", "Status", "Highest score", "COVID-19", "TB", "Involvement", "Severity"), widths, bold=True)
     for r in rows:
         name = Path(str(r.get("path", ""))).name
-        name = name if len(name) <= 38 else name[:35] + "..."
+        name = name if len(name) <= 32 else name[:29] + "..."
         covid = r.get("prob_covid19")
+        tb = r.get("prob_tuberculosis")
+        flagged = str(r.get("tb_positive")).lower() in ("true", "1")
         inv = r.get("involvement_total_pct")
         status = r.get("status", "")
         doc.row((name, status, (r.get("predicted_class") or "-") if status == "ok" else (r.get("reason") or "")[:22],
                  f"{covid * 100:.0f} %" if isinstance(covid, (int, float)) else "-",
+                 (f"{tb * 100:.0f} %" + (" (+)" if flagged else "")) if isinstance(tb, (int, float)) else "-",
                  f"{inv:.1f} %" if isinstance(inv, (int, float)) else "-", r.get("severity") or "-"), widths)
 
 

@@ -9,7 +9,8 @@ Typical full run of the lung model (see README "Lung model")::
 
 and of the opacity generator (README "Opacity model"): ``train-opacity`` (``--variant pix2pix``
 and ``--variant unet`` for the with/without-critic comparison), ``evaluate-opacity``,
-``export-opacity --run <pix2pix run> --compare <unet run>``.
+``export-opacity --run <pix2pix run> --compare <unet run>``; the tuberculosis head (README
+"Tuberculosis"): ``train-tb --split runs/split.json --out runs/tb``, ``export-tb --run runs/tb``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "normalization_study.json")
     _add_opacity_parsers(sub)
     classifier_cli.add_parsers(sub)
+    _add_tb_parsers(sub)
     return ap
+
+
+def _add_tb_parsers(sub: argparse._SubParsersAction) -> None:
+    """train-tb / export-tb (README "Tuberculosis")."""
+    p = sub.add_parser("train-tb", help="fit and evaluate the tuberculosis head on the classifier's features "
+                                        "(Shenzhen TB vs Shenzhen normal), with the design comparison")
+    add_common(p)
+    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
+    p.add_argument("--out", type=Path, required=True, help="run directory (features are cached there)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where the classifier, lung model and gate are bundled (default: models/)")
+    p.add_argument("--design", choices=("gap", "lung", "multi_gap", "multi_lung"), default=None,
+                   help="bundle this design instead of the best by cross-validated AUC on Shenzhen train")
+
+    p = sub.add_parser("export-tb", help="write models/<name>/ (head weights + card.json)")
+    p.add_argument("--run", type=Path, required=True, help="run directory of train-tb")
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="tb_head")
+    p.add_argument("--version", default="1.0.0")
 
 
 def _threshold_arg(text: str) -> float | None:
@@ -183,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd.endswith("-opacity"):
         return _run_opacity(args, command)
+    if args.cmd in ("train-tb", "export-tb"):
+        from . import tb_task
+
+        if args.cmd == "train-tb":
+            tb_task.train(args.data_dir, args.split, args.out, seed=args.seed, max_images=args.max_images,
+                          command=command, models_dir=args.models_dir, design=args.design)
+        else:
+            tb_task.export(args.run, args.models_dir, args.name, args.version)
+        return 0
     if args.cmd in classifier_cli.COMMANDS:
         return classifier_cli.run(args, command)
     from . import lung_task
