@@ -211,3 +211,23 @@ def test_results_panel_says_when_the_film_rule_withheld_regions(app, dicom_dir: 
                                      "predicted_class": "Normal", "opacity_withheld_regions": 2})
     app._on_analysis(withheld)
     assert "2 candidate regions not reported: the classifier reads the film as Normal." in r.findings.get("1.0", "end")
+
+
+def test_findings_are_never_cut_off(app, dicom_dir: Path) -> None:  # noqa: F811
+    """The findings box grows to its wrapped text (opacity, withheld regions, COVID and TB lines)."""
+    _ready(app)
+    app.open_path(dicom_dir / "RG2_JPLL.dcm")
+    pump(app, lambda: app.session.image is not None)
+    _key(app, "a")
+    pump(app, lambda: app.session.analysis is not None)
+    r = app.results
+    long = r.result.__class__(**{**r.result.__dict__, "opacity_withheld_regions": 3, "prob_tuberculosis": 0.7,
+                                 "tb_positive": True, "tb_operating_point": 0.54,
+                                 "operating_point": {"COVID-19": 0.12}, "covid_positive": False})
+    app._on_analysis(long)
+    app.root.update()
+    f = r.findings
+    app.root.update()
+    n = f.count("1.0", "end-1c", "displaylines")  # Tk's own count, once laid out
+    assert int(f.cget("height")) >= int(n[0] if isinstance(n, tuple) else n) > 5
+    assert "not a diagnosis" in f.get("1.0", "end")

@@ -18,8 +18,32 @@ BAR_COLOURS = {"Normal": "#3a9d5d", "COVID-19": "#d0453b", "Other pneumonia": "#
 TB = "Tuberculosis"
 BARS_HEIGHT = 86  # three class bars
 TB_BAR_EXTRA = 34  # a gap and the tuberculosis bar
+FINDINGS_MIN_LINES = 5
 SUMMARY_STYLES = {"ok": "SummaryOk.TLabel", "finding": "SummaryFinding.TLabel", "refused": "Refusal.TLabel",
                   "message": "Summary.TLabel", "error": "Error.TLabel"}
+
+
+def _wrapped_lines(widget: tk.Text, text: str) -> int:
+    """How many lines ``text`` takes in ``widget`` with word wrapping, measured with its font
+    (the widget may not be laid out yet, so Tk's own display-line count can be stale)."""
+    from tkinter import font as tkfont
+
+    f = tkfont.Font(root=widget, font=widget.cget("font"))
+    avail = widget.winfo_width() - 2 * (int(widget.cget("padx")) + int(widget.cget("borderwidth")))
+    if avail < 20:
+        avail = int(widget.cget("width")) * f.measure("0")
+    n = 0
+    for para in text.split("\n"):
+        n += 1
+        line = ""
+        for word in para.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and f.measure(trial) > avail:
+                n += 1
+                line = word
+            else:
+                line = trial
+    return n
 
 
 class ResultsPanel(ttk.Frame):
@@ -34,7 +58,7 @@ class ResultsPanel(ttk.Frame):
         self.bars = tk.Canvas(self, width=width, height=theme.px(self, BARS_HEIGHT), highlightthickness=0)
         self.bars.theme_role = "panel"  # type: ignore[attr-defined]
         self.bars.pack(fill="x")
-        self.findings = self._text(9)
+        self.findings = self._text(FINDINGS_MIN_LINES)
         self.findings.pack(fill="x")
         self.details_open = tk.BooleanVar(value=False)
         self.fold = ttk.Button(self, text="▸ Details (D)", style="Fold.TButton", command=self.toggle_details)
@@ -116,7 +140,7 @@ class ResultsPanel(ttk.Frame):
             lines.append(f"Tuberculosis {result.prob_tuberculosis * 100:.0f} %, {flag} its operating point "
                          f"({(result.tb_operating_point or 0) * 100:.0f} %): a separate screening score from one "
                          f"hospital's films (Shenzhen), not a diagnosis; also high on COVID-19 or pneumonia.")
-        self._write(self.findings, "\n".join(lines))
+        self._write(self.findings, "\n".join(lines), fit=True)
         self._write(self.details, self._footer(result))
 
     def _footer(self, result: AnalysisResult) -> str:
@@ -154,11 +178,13 @@ class ResultsPanel(ttk.Frame):
                 c.create_line(x, y - 3, x, y + bar_h + 3, fill=pal.fg, width=2, tags=(f"op-{name}",))
 
     @staticmethod
-    def _write(widget: tk.Text, text: str) -> None:
+    def _write(widget: tk.Text, text: str, fit: bool = False) -> None:
         widget.configure(state="normal")
         widget.delete("1.0", "end")
         widget.insert("end", text)
         widget.configure(state="disabled")
+        if fit:  # grow to the wrapped text so no finding is cut off (the panel scrolls no text)
+            widget.configure(height=max(FINDINGS_MIN_LINES, _wrapped_lines(widget, text)))
 
     def text(self) -> str:
         return "\n".join((str(self.summary.cget("text")), self.findings.get("1.0", "end"),
