@@ -490,12 +490,20 @@ def write_stats(clf: Any, stats: dict[str, np.ndarray], report: dict[str, Any], 
         "threshold_by_source": fit["threshold_by_source_val"],
         "val_films_by_source": {s: v["val"] for s, v in report["n_films"].items()},
         "stage3_val_pass_rate_by_source": fit["stage3_val_pass_rate_by_source"],
+        "stage3_train_side_pass_rate_by_source": fit["stage3_train_pass_rate_by_source"],
         "stage3_cross_fitted_val_pass_rate_by_source": {
             s: c["pass_rate_stage3"] for s, c in report["stage3_cross_fitted_val_pass_rate"].items()},
         "whole_gate_val_pass_rate_by_source": {
             s: r["pass_rate"] for s, r in report["whole_gate_after"]["val"].items()},
         "whole_gate_val_pass_rate_by_source_before": {
             s: r["pass_rate"] for s, r in report["whole_gate_before"]["val"].items()},
+        "whole_gate_train_side_pass_rate_by_source": {
+            s: r["pass_rate"] for s, r in report["whole_gate_after"]["train"].items()},
+        "whole_gate_train_side_pass_rate_by_source_before": {
+            s: r["pass_rate"] for s, r in report["whole_gate_before"]["train"].items()},
+        "out_of_domain_refused": {g: {"n": r["n"], "refused": r["refused"], "by_stage": r["by_stage"],
+                                      "stage3_alone_refuses": r["stage3_alone_refuses"]}
+                                  for g, r in report["out_of_domain"].items()},
         "alternatives": fit["alternatives"],
         "previous": ({k: old.get(k) for k in ("version", "threshold", "threshold_rule", "fitted_on") if k in old}
                      if isinstance(old, dict) else None),
