@@ -120,6 +120,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         from . import gate_distance
 
         gate_distance.run(args.data_dir, args.split, args.out, args.models_dir, args.classifier, args.gate,
-                          args.pass_rate, args.version, args.weighting, command, write=not args.dry_run)
+                          args.pass_rate, args.version, args.weighting, command, write=not args.dry_run,
+                          max_images=args.max_images)
         print((args.out / "report.md").read_text())
     return 0

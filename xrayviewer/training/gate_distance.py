@@ -66,7 +66,7 @@ CNN_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 # ------------------------------------------------------------------ films
-def frontal_films(data_dir: Path, split: dict) -> list[tuple[Record, str]]:
+def frontal_films(data_dir: Path, split: dict, max_images: int | None = None) -> list[tuple[Record, str]]:
     """(record, "train"/"val") for every frontal film of :data:`SOURCES` the split assigns.
 
     Frontal: COVID-QU-Ex, NIH and Shenzhen by construction; ieee8023 and GeneralBlockchain
@@ -74,7 +74,7 @@ def frontal_films(data_dir: Path, split: dict) -> list[tuple[Record, str]]:
     the label)."""
     a = split["assignment"]
     out = []
-    for r in read_all(data_dir, SOURCES):
+    for r in read_all(data_dir, SOURCES, max_images):
         side = a.get(rel_key(r, data_dir))
         if side in ("train", "val") and is_frontal_xray(r):
             out.append((r, side))
@@ -207,27 +207,31 @@ def _colour_photo_bytes(seed: int) -> tuple[bytes, bytes]:
     return jpg.getvalue(), png.getvalue()
 
 
-def out_of_domain_cases(data_dir: Path, split: dict, masks_per_kind: int = MASKS_PER_KIND,
-                        seed: int = 12345) -> dict[str, list[tuple[str, Any]]]:
+def out_of_domain_cases(data_dir: Path, split: dict | None, masks_per_kind: int = MASKS_PER_KIND,
+                        seed: int = 12345, max_images: int | None = None) -> dict[str, list[tuple[str, Any]]]:
     """Every case of the bundle (and the tests' synthetic ones) the gate must refuse, by group:
-    (name, item) with item a path, ``(name, bytes)`` or a grey array."""
+    (name, item) with item a path, ``(name, bytes)`` or a grey array. ieee8023 lateral and CT
+    rows are grouped by side of ``split`` (val side = patients the gate CNN never saw), or all
+    together without one; ``max_images`` caps them and the synthetic sets (smoke runs)."""
     from ..imaging import load_image
     from .gate_task import colour_pictures, synthetic_images
 
     dicom = data_dir / "dicom"
-    a = split["assignment"]
-    ieee = [r for r in read_all(data_dir, ("ieee8023",))]
+    ieee = read_all(data_dir, ("ieee8023",))
     groups: dict[str, list[tuple[str, Any]]] = {}
     non_chest = sorted(dicom.glob("RG2_*.dcm")) + sorted((dicom / "non_cxr").glob("*.dcm"))
     groups["non_chest_dicoms"] = [(p.name, str(p)) for p in non_chest]
     groups["non_chest_dicoms_pixels_only"] = [(p.name, load_image(p).display) for p in non_chest]
     odd = [p for p in (dicom / "dx_image.dcm", dicom / "Fake_MONOHR1.dcm") if p.is_file()]
     groups["lateral_animal_thorax_and_inverted_film_dicoms"] = [(p.name, str(p)) for p in odd]
-    for side in ("val", "train"):
-        rs = [r for r in ieee if a.get(rel_key(r, data_dir)) == side]
-        groups[f"ieee8023_lateral_{side}_side"] = [(rel_key(r, data_dir), r.image) for r in rs
-                                                   if r.modality == "X-ray" and r.view == "L"]
-        groups[f"ieee8023_ct_{side}_side"] = [(rel_key(r, data_dir), r.image) for r in rs if r.modality == "CT"]
+    cap = (lambda xs: _spread(xs, max_images)) if max_images else (lambda xs: xs)
+    sides = ("val", "train") if split is not None else ("all",)
+    for side in sides:
+        rs = [r for r in ieee if side == "all" or split["assignment"].get(rel_key(r, data_dir)) == side]
+        suffix = "" if side == "all" else f"_{side}_side"
+        groups[f"ieee8023_lateral{suffix}"] = cap([(rel_key(r, data_dir), r.image) for r in rs
+                                                   if r.modality == "X-ray" and r.view == "L"])
+        groups[f"ieee8023_ct{suffix}"] = cap([(rel_key(r, data_dir), r.image) for r in rs if r.modality == "CT"])
     mask_dirs = {
         "masks_covid_qu_ex_lung": sorted((data_dir / "covid-qu-ex").glob("*/*/lung masks/*.png")),
         "masks_covid_qu_ex_infection_nonempty": [p for p in sorted((data_dir / "covid-qu-ex").glob(
@@ -237,12 +241,13 @@ def out_of_domain_cases(data_dir: Path, split: dict, masks_per_kind: int = MASKS
         "masks_tb_shenzhen_lung": sorted((data_dir / "tb-shenzhen" / "Lung Segmentation" / "masks").glob("*.png")),
     }
     for k, ps in mask_dirs.items():
-        groups[k] = [(str(p.relative_to(data_dir)), str(p)) for p in _spread(ps, masks_per_kind)]
-    synth, kinds = synthetic_images(270, seed)
+        groups[k] = [(str(p.relative_to(data_dir)), str(p))
+                     for p in _spread(ps, min(masks_per_kind, max_images or masks_per_kind))]
+    synth, kinds = synthetic_images(min(270, 9 * (max_images or 30)), seed)
     groups["synthetic_non_xray"] = [(f"{k}_{i}", s) for i, (s, k) in enumerate(zip(synth, kinds))]
     groups["colour_pictures"] = [(f"colour{i}.{'png' if i % 2 else 'jpg'}",
                                   (f"colour{i}.{'png' if i % 2 else 'jpg'}", b))
-                                 for i, b in enumerate(colour_pictures(40, seed))]
+                                 for i, b in enumerate(colour_pictures(min(40, max_images or 40), seed))]
     jpg, png = _colour_photo_bytes(1)
     rng = np.random.default_rng(1)
     rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
@@ -325,10 +330,11 @@ def cnn_tradeoff(frontal_prov: Sequence[Any], frontal_src: Sequence[str], measur
 
 
 # ------------------------------------------------------------------ the command
-def _load_or_measure(data_dir: Path, split: dict, gate: Any, clf: Any, out: Path) -> dict[str, Any]:
+def _load_or_measure(data_dir: Path, split: dict, gate: Any, clf: Any, out: Path,
+                     max_images: int | None = None) -> dict[str, Any]:
     """Frontal films' provisional verdicts + embeddings, cached in ``out`` (keyed by the
     classifier's and gate's weights and the file list)."""
-    films = frontal_films(data_dir, split)
+    films = frontal_films(data_dir, split, max_images)
     keys = [rel_key(r, data_dir) for r, _ in films]
     tag = hashlib.sha256(json.dumps([clf.card.sha256, gate.card.sha256, keys]).encode()).hexdigest()[:16]
     cache = out / f"frontal_{tag}.npz"
@@ -352,7 +358,7 @@ def _load_or_measure(data_dir: Path, split: dict, gate: Any, clf: Any, out: Path
 def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = None,
         classifier_name: str = "xray_classifier", gate_name: str = "xray_gate", rate: float = PASS_RATE,
         version: str = "2.0", weighting: str = "pooled", command: str = "",
-        masks_per_kind: int = MASKS_PER_KIND, write: bool = True) -> dict[str, Any]:
+        masks_per_kind: int = MASKS_PER_KIND, write: bool = True, max_images: int | None = None) -> dict[str, Any]:
     """Fit, measure and (``write``) bundle the statistics (see the module docstring)."""
     from ..modellayer import modelstore
     from ..modellayer.classifier import DiseaseClassifier
@@ -368,11 +374,11 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
     gate = DomainGate(gate_name, models_dir)
     old_stats = clf.embedding_stats
     old_block = clf.card.raw.get("mahalanobis")
-    f = _load_or_measure(data_dir, split, gate, clf, out)
+    f = _load_or_measure(data_dir, split, gate, clf, out, max_images)
     emb, src, side = f["embedding"], np.array(f["sources"]), np.array(f["sides"])
     prov = f["verdicts"]
     tr, va = side == "train", side == "val"
-    present = [s for s in SOURCES if (src == s).any()]
+    present = [s for s in SOURCES if (va & (src == s)).any()]  # sources with val films
 
     # Fit on the train parts of every source; threshold on the val parts, per source.
     fits: dict[str, Any] = {}
@@ -387,7 +393,7 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
             "threshold": round(thr, 4), "threshold_by_source_val": {s: round(v, 4) for s, v in q.items()},
             "stage3_val_pass_rate_by_source": {s: round(float(np.mean(d[va & (src == s)] <= thr)), 4) for s in present},
             "stage3_train_pass_rate_by_source": {s: round(float(np.mean(d[tr & (src == s)] <= thr)), 4)
-                                                 for s in present if (tr & (src == s)).any()},
+                                                 for s in SOURCES if (tr & (src == s)).any()},
             "stage3_train_pass_rate": round(float(np.mean(d[tr] <= thr)), 4)}}
     stats, d = fits[weighting]["stats"], fits[weighting]["d"]
     thr = float(stats["threshold"])
@@ -413,14 +419,14 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
     old_d = (mahalanobis(emb, old_stats["mean"], old_stats["precision"]) if old_stats is not None
              else np.full(len(emb), np.nan))
     log.info("threshold %.3f (%s); measuring the out-of-domain cases", thr, weighting)
-    measured = measure_cases(out_of_domain_cases(data_dir, split, masks_per_kind), gate, clf)
+    measured = measure_cases(out_of_domain_cases(data_dir, split, masks_per_kind, max_images=max_images), gate, clf)
     report: dict[str, Any] = {
         "command": command, "split": str(split_file),
         "classifier": {"name": classifier_name, "version": clf.card.version, "sha256": clf.card.sha256},
         "gate_cnn": {"name": gate_name, "version": gate.card.version, "sha256": gate.card.sha256,
                      "p_frontal_threshold": gate.threshold},
         "n_films": {s: {"train": int(((src == s) & tr).sum()), "val": int(((src == s) & va).sum())}
-                    for s in present},
+                    for s in SOURCES if (src == s).any()},
         "fit": {"weighting": weighting, "shrinkage": SHRINKAGE, "dim": int(emb.shape[1]),
                 "pass_rate_target": rate, "tolerance": TOLERANCE, **fits[weighting]["summary"],
                 "alternatives": {w: v["summary"] for w, v in fits.items() if w != weighting}},
@@ -513,30 +519,32 @@ def write_stats(clf: Any, stats: dict[str, np.ndarray], report: dict[str, Any], 
     return stats_path
 
 
-def _pct(r: dict[str, Any]) -> str:
-    return f"{r['pass_rate']:.4f} ({r['refused']})"
+def _pct(r: dict[str, Any] | None) -> str:
+    return "-" if not r else f"{r['pass_rate']:.4f} ({r['refused']})"
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The README's tables from a report."""
     fit, cross = report["fit"], report["stage3_cross_fitted_val_pass_rate"]
     b, a = report["whole_gate_before"], report["whole_gate_after"]
-    lines = [(f"Stage 3 ({fit['weighting']} fit), threshold {fit['threshold']:.3f} "
-             f"(was {report['old_stats']['threshold']:.3f})."), "",
+    old = report["old_stats"]["threshold"]
+    lines = [(f"Stage 3 ({fit['weighting']} fit), threshold {fit['threshold']:.3f}"
+              + (f" (was {old:.3f})." if old is not None else ".")), "",
              ("| source | films train / val | distance passing 99.5 % of val | stage 3 pass, val | "
-             "stage 3 pass, val cross-fitted | whole gate pass, val: before -> after (refused) | "
-             "whole gate pass, train side: before -> after (refused) | refused after (val + train), by stage |"),
+              "stage 3 pass, val cross-fitted | whole gate pass, val: before -> after (refused) | "
+              "whole gate pass, train side: before -> after (refused) | refused after (val + train), by stage |"),
              "|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for s in (*SOURCES, "all_sources"):
-        if s not in a["val"]:
+        if s not in a["all"]:
             continue
-        n = report["n_films"].get(s, {"train": a["train"][s]["n"], "val": a["val"][s]["n"]})
+        n_tr, n_va = a["train"].get(s, {}).get("n", 0), a["val"].get(s, {}).get("n", 0)
+        c = cross.get(s, {}).get("pass_rate_stage3")
         lines.append(
-            f"| {s} | {n['train']} / {n['val']} | {fit['threshold_by_source_val'].get(s, float('nan')):.2f} | "
-            f"{fit['stage3_val_pass_rate_by_source'].get(s, float('nan')):.4f} | "
-            f"{cross.get(s, {}).get('pass_rate_stage3', float('nan')):.4f} | "
-            f"{_pct(b['val'][s])} -> {_pct(a['val'][s])} | {_pct(b['train'][s])} -> {_pct(a['train'][s])} | "
-            f"{a['all'][s]['by_stage']} |")
+            f"| {s} | {n_tr} / {n_va} | {fit['threshold_by_source_val'].get(s, nan):.2f} | "
+            f"{fit['stage3_val_pass_rate_by_source'].get(s, nan):.4f} | {nan if c is None else c:.4f} | "
+            f"{_pct(b['val'].get(s))} -> {_pct(a['val'].get(s))} | "
+            f"{_pct(b['train'].get(s))} -> {_pct(a['train'].get(s))} | {a['all'][s]['by_stage']} |")
     lines += ["", ("| set (whole gate, new statistics) | n | refused | by stage | by code | "
               "stage 3 alone would refuse | distance min / median |"), "|---|---|---|---|---|---|---|"]
     for g, r in report["out_of_domain"].items():
