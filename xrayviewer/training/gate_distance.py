@@ -234,8 +234,8 @@ def out_of_domain_cases(data_dir: Path, split: dict | None, masks_per_kind: int 
         groups[f"ieee8023_ct{suffix}"] = cap([(rel_key(r, data_dir), r.image) for r in rs if r.modality == "CT"])
     mask_dirs = {
         "masks_covid_qu_ex_lung": sorted((data_dir / "covid-qu-ex").glob("*/*/lung masks/*.png")),
-        "masks_covid_qu_ex_infection_nonempty": [p for p in sorted((data_dir / "covid-qu-ex").glob(
-            "*/COVID-19/infection masks/*.png"))],
+        # COVID-19 infection masks are all non-empty (DATA.md); the others are black squares
+        "masks_covid_qu_ex_infection_nonempty": sorted((data_dir / "covid-qu-ex").glob("*/COVID-19/infection masks/*.png")),
         "masks_generalblockchain_lung": sorted((data_dir / "generalblockchain" / "lung").glob("*.png")),
         "masks_generalblockchain_ggo": sorted((data_dir / "generalblockchain" / "ggo").glob("*.png")),
         "masks_tb_shenzhen_lung": sorted((data_dir / "tb-shenzhen" / "Lung Segmentation" / "masks").glob("*.png")),
@@ -249,7 +249,7 @@ def out_of_domain_cases(data_dir: Path, split: dict | None, masks_per_kind: int 
                                   (f"colour{i}.{'png' if i % 2 else 'jpg'}", b))
                                  for i, b in enumerate(colour_pictures(min(40, max_images or 40), seed))]
     jpg, png = _colour_photo_bytes(1)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(1)  # tests/test_gate.py's draws: the 8x8 colour grid, then the noise
     rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     noise = rng.integers(0, 256, (256, 256), dtype=np.uint8)
     groups["tests_synthetic_cases"] = [("photo.jpg", ("photo.jpg", jpg)), ("photo.png", ("photo.png", png)),
