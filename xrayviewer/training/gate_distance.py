@@ -1,7 +1,7 @@
 """The domain gate's last stage, fitted on frontal films of every source (README "Domain gate").
 
 Stage 3 of :class:`~xrayviewer.modellayer.gate.DomainGate` refuses a film whose classifier
-embedding lies too far (Mahalanobis distance) from the training films' embeddings. It was
+embedding lies too far (Mahalanobis distance) from the training films' embeddings. Its v1 statistics were
 fitted on the classifier's own training set (COVID-QU-Ex, NIH, labelled ieee8023 rows) with
 the threshold at the 99.5 % quantile of the pooled validation distances, so a source that is
 a small part of that pool (or none of it: Shenzhen, unlabelled ieee8023 rows) could lose far
