@@ -258,7 +258,7 @@ def test_train_tb_and_export_smoke(data_dir: Path, tmp_path: Path, monkeypatch: 
     into a models folder, and the exported head loads through the app's class."""
     import shutil
 
-    from xrayviewer import modelstore
+    from xrayviewer.modellayer import modelstore
     from xrayviewer.training.__main__ import main
 
     monkeypatch.setenv("XRAYVIEWER_DATA_DIR", str(data_dir))

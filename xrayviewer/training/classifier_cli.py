@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_args import add_common, add_export, add_train
+from .cli_args import REPO_ROOT, add_common, add_export, add_train
 
-COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "train-gate", "export-gate")
+COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "train-gate", "export-gate",
+            "evaluate-gate", "fit-gate-distance")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +57,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_export(p, name="xray_gate", compare=False)
     p.add_argument("--classifier", default="xray_classifier")
 
+    p = sub.add_parser("evaluate-gate", help="re-measure the bundled gate (all three stages) into its card, "
+                                             "e.g. after fit-gate-distance changed stage 3")
+    add_common(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="xray_gate")
+    p.add_argument("--classifier", default="xray_classifier")
+
+    p = sub.add_parser("fit-gate-distance",
+                       help="refit the gate's last stage (Mahalanobis distance on the classifier embedding) on "
+                            "frontal films of every source; threshold for a per-source pass rate; measure the "
+                            "whole gate before/after and on every out-of-domain case")
+    add_common(p)
+    p.add_argument("--split", type=Path, required=True, help="split file from `split`")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "gate_distance",
+                   help="report and cached embeddings (default: %(default)s)")
+    p.add_argument("--models-dir", type=Path, default=None, help="models folder (default: bundled)")
+    p.add_argument("--classifier", default="xray_classifier")
+    p.add_argument("--gate", default="xray_gate")
+    p.add_argument("--pass-rate", type=float, default=0.995,
+                   help="frontal pass rate every source's val films must reach (default: %(default)s)")
+    p.add_argument("--weighting", choices=("pooled", "balanced"), default="pooled",
+                   help="pool the train films of all sources, or weight each source equally")
+    p.add_argument("--version", default="2.0", help="version of the statistics (the card's mahalanobis.version)")
+    p.add_argument("--dry-run", action="store_true", help="report only; leave the bundled statistics alone")
+
 
 def run(args: argparse.Namespace, command: str) -> int:
     """Dispatch one of :data:`COMMANDS`."""
@@ -86,4 +113,14 @@ def run(args: argparse.Namespace, command: str) -> int:
         gate_task.export(args.run, args.models_dir, args.name, args.version)
         gate_task.evaluate(args.data_dir, args.split, args.models_dir, args.name, args.classifier,
                            args.max_images)
+    elif args.cmd == "evaluate-gate":
+        gate_task.evaluate(args.data_dir, args.split, args.models_dir, args.name, args.classifier,
+                           args.max_images)
+    elif args.cmd == "fit-gate-distance":
+        from . import gate_distance
+
+        gate_distance.run(args.data_dir, args.split, args.out, args.models_dir, args.classifier, args.gate,
+                          args.pass_rate, args.version, args.weighting, command, write=not args.dry_run,
+                          max_images=args.max_images)
+        print((args.out / "report.md").read_text())
     return 0

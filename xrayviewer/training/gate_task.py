@@ -6,7 +6,8 @@ source, ieee8023 lateral rows and CT rows, plus synthetic non-X-ray images (nois
 gradients, shapes, text-like patterns, colour textures made grey, checkerboards, ...).
 Evaluation: held-out (val-side, other patients) ieee8023 lateral/CT rows, the non-chest
 DICOMs of the bundle (hips, CT, MR), a synthetic set made with a different seed, colour
-pictures, and the pass rate on all frontal validation films -- measured through the app's
+pictures, and the pass rate on all frontal validation films (Shenzhen's too: a hospital the
+CNN never saw) -- measured through the app's
 own gate sequence (:meth:`xrayviewer.modellayer.gate.DomainGate.check_batch`: ``screen`` then
 ``confirm``, as the Analyzer runs them) with the bundled classifier (all three stages).
 """
@@ -165,10 +166,20 @@ def colour_pictures(n: int, seed: int, size: int = SYNTH_SIZE) -> list[bytes]:
 
 
 # ------------------------------------------------------------------ data
-def gate_records(data_dir: Path, split: dict, which: str, max_images: int | None
-                 ) -> dict[str, list[Record]]:
-    """Frontal films (all sources), lateral rows and CT rows on one side of the split."""
-    recs = read_all(data_dir, ("covid-qu-ex", "nih", "ieee8023", "generalblockchain"), max_images)
+# Sources of the gate CNN's training films (the bundled v1.1.0 recipe) and of its evaluation,
+# which adds the Shenzhen films (frontal films of a hospital the CNN has not seen).
+TRAIN_SOURCES = ("covid-qu-ex", "nih", "ieee8023", "generalblockchain")
+EVAL_SOURCES = (*TRAIN_SOURCES, "tb-shenzhen")
+STAGES = ["header: modality / body part / view position / colour picture",
+          "gate CNN: P(frontal) >= threshold",
+          ("Mahalanobis distance on the classifier embedding <= the threshold of the classifier card's "
+           "mahalanobis block (fitted on frontal films of every source; every source's val films pass >= 99.5%)")]
+
+
+def gate_records(data_dir: Path, split: dict, which: str, max_images: int | None,
+                 sources: tuple[str, ...] = TRAIN_SOURCES) -> dict[str, list[Record]]:
+    """Frontal films (of ``sources``), lateral rows and CT rows on one side of the split."""
+    recs = read_all(data_dir, sources, max_images)
     a = split["assignment"]
     side = [r for r in recs if a.get(rel_key(r, data_dir)) == which]
     return {
@@ -278,9 +289,7 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
                   "softmax; image passes stage 2 when P(frontal) >= threshold",
         "threshold": meta["threshold_p_frontal"], "threshold_rule": meta["threshold_rule"],
         "labels": {str(i): c for i, c in enumerate(GATE_CLASSES)},
-        "stages": ["header: modality / body part / view position / colour picture",
-                   "gate CNN: P(frontal) >= threshold",
-                   "Mahalanobis distance on the classifier embedding <= its validation 99.5% quantile"],
+        "stages": STAGES,
         "training_data": {"n_train": meta["n_train"], "class_weights": meta["class_weights"],
                           "split": "train side of the patient-disjoint split (ieee8023 lateral/CT "
                                    "rows of validation patients are held out)",
@@ -318,8 +327,8 @@ def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, clas
     # As in the app: the classifier takes its lung masks (a lung_crop input) from the lung model.
     clf = DiseaseClassifier(classifier_name, models_dir, lung_segmenter=LungSegmenter(models_root=models_dir))
     split = read_split(split_file)
-    va = gate_records(data_dir, split, "val", max_images)
-    tr = gate_records(data_dir, split, "train", max_images)
+    va = gate_records(data_dir, split, "val", max_images, EVAL_SOURCES)
+    tr = gate_records(data_dir, split, "train", max_images, EVAL_SOURCES)
 
     def run_files(paths: list[str], chunk: int = 64) -> list[Any]:
         """The app's gate sequence on files loaded as the app loads them, a chunk at a time."""
@@ -380,7 +389,12 @@ def evaluate(data_dir: Path, split_file: Path, models_dir: Path, name: str, clas
     card_path = models_dir / name / "card.json"
     card = json.loads(card_path.read_text())
     card["metrics"] = report
-    card["classifier_for_stage3"] = {"name": classifier_name, "sha256": clf.card.sha256}
+    card["stages"] = STAGES
+    block = clf.card.raw.get("mahalanobis") or {}
+    card["classifier_for_stage3"] = {"name": classifier_name, "sha256": clf.card.sha256,
+                                     "embedding_stats_sha256": clf.card.raw.get("embedding_stats_sha256"),
+                                     "mahalanobis_version": block.get("version"),
+                                     "mahalanobis_threshold": block.get("threshold")}
     card_path.write_text(json.dumps(card, indent=1))
     log.info("gate: frontal val pass %.4f; lateral held-out rejected %.3f; CT held-out %.3f; "
              "non-chest DICOMs %.3f; synthetic %.3f; colour %.3f",

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from ..modellayer.tuberculosis import LABEL, MODEL_NAME, POOLINGS, feature_maps, feature_model, pooled, sigmoid
+from ..modellayer.tuberculosis import LABEL, MODEL_NAME, POOLINGS, TBCard, feature_maps, feature_model, pooled, sigmoid
 from .classifier_metrics import auc_binary, youden_threshold
 from .datasets import NORMAL, TUBERCULOSIS, Record, is_frontal_xray, read_all
 from .export_common import write_card
@@ -604,9 +604,9 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
         "intended_use": "research only; not a medical device. A Shenzhen-trained tuberculosis screening score "
                         "shown beside the COVID-era classes, never instead of a reading.",
     }
-    write_card(dest, card)
+    write_card(dest, card, TBCard)
     card["parity_check"] = parity_check(run, models_dir, name)
-    write_card(dest, card)
+    write_card(dest, card, TBCard)
     log.info("wrote %s (app path vs run: max |dP| %.2g over %d films)", dest,
              card["parity_check"]["max_abs_probability_difference"], card["parity_check"]["n"])
     return dest
