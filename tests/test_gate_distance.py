@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_gate import classifier, gate  # noqa: F401 - the shared module fixtures
 
 from xrayviewer.modellayer import modelstore
 from xrayviewer.modellayer.classifier import DiseaseClassifier
@@ -24,16 +25,6 @@ from xrayviewer.training.datasets import _spread, is_frontal_xray, read_all
 # reconstruction on the gate CNN's training side that looks like a frontal film (README
 # "Domain gate"); its distance (8.0) is ordinary, so only a retrained gate CNN could refuse it.
 KNOWN_ACCEPTED = {"ieee8023/images/16745_7_5.PNG"}
-
-
-@pytest.fixture(scope="module")
-def gate() -> DomainGate:
-    return DomainGate()
-
-
-@pytest.fixture(scope="module")
-def classifier() -> DiseaseClassifier:
-    return DiseaseClassifier()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +84,7 @@ def test_card_names_the_stats_file_by_hash_and_describes_the_fit(card: modelstor
     assert stage3["sha256"] == card.sha256
 
 
-def test_frontal_films_of_every_source_pass_the_whole_gate(gate: DomainGate, classifier: DiseaseClassifier,
+def test_frontal_films_of_every_source_pass_the_whole_gate(gate: DomainGate, classifier: DiseaseClassifier,  # noqa: F811
                                                            data_dir: Path) -> None:
     """Eight films spread over each source (both classes / views of each), loaded as the app does."""
     from xrayviewer.imaging import load_image
@@ -111,7 +102,7 @@ def test_frontal_films_of_every_source_pass_the_whole_gate(gate: DomainGate, cla
         assert np.all(d <= thr), (source, d.round(2))
 
 
-def test_films_the_old_statistics_refused_now_pass(gate: DomainGate, classifier: DiseaseClassifier,
+def test_films_the_old_statistics_refused_now_pass(gate: DomainGate, classifier: DiseaseClassifier,  # noqa: F811
                                                    data_dir: Path) -> None:
     """Ordinary val-side frontal films at distance 9.4-10.1 that v1 (threshold 9.27) called
     "too far from the training data"."""
@@ -125,7 +116,7 @@ def test_films_the_old_statistics_refused_now_pass(gate: DomainGate, classifier:
 
 
 def test_every_out_of_domain_case_of_the_bundle_is_refused_with_its_reason(
-        gate: DomainGate, classifier: DiseaseClassifier, data_dir: Path) -> None:
+        gate: DomainGate, classifier: DiseaseClassifier, data_dir: Path) -> None:  # noqa: F811
     """Non-chest DICOMs (hips, CT, MR; also as bare pixels), the lateral animal thorax and the
     inverted film, every ieee8023 lateral and CT row, mask images of every source, synthetic
     non-X-ray images, colour pictures and the gate tests' own synthetic cases."""

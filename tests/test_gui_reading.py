@@ -30,6 +30,16 @@ def _key(app, key: str) -> None:  # noqa: F811
     app.root.update()
 
 
+def _analysed(app, dicom_dir: Path):  # noqa: F811
+    """Open a real DICOM, press Analyze (threshold analyzer), return the results panel."""
+    _ready(app)
+    app.open_path(dicom_dir / "RG2_JPLL.dcm")
+    pump(app, lambda: app.session.image is not None)
+    _key(app, "a")
+    pump(app, lambda: app.session.analysis is not None)
+    return app.results
+
+
 def _canvas_texts(canvas, tag: str) -> list[str]:
     return [canvas.itemcget(i, "text") for i in canvas.find_withtag(tag) if "halo" not in canvas.gettags(i)]
 
@@ -61,12 +71,7 @@ def test_dark_theme_by_default_light_in_settings(app) -> None:  # noqa: F811
 
 
 def test_results_summary_refusal_and_folded_details(app, dicom_dir: Path, tmp_path: Path) -> None:  # noqa: F811
-    _ready(app)
-    app.open_path(dicom_dir / "RG2_JPLL.dcm")
-    pump(app, lambda: app.session.image is not None)
-    _key(app, "a")
-    pump(app, lambda: app.session.analysis is not None)
-    r = app.results
+    r = _analysed(app, dicom_dir)
     assert str(r.summary.cget("text")).startswith("Opacity in 1 region") and r.summary_kind == "finding"
     assert r.summary.winfo_y() < r.bars.winfo_y()  # the sentence comes first
     assert not r.details.winfo_ismapped() and "threshold v1" in r.details.get("1.0", "end")
@@ -199,12 +204,7 @@ def test_thumbnails_are_lazy(app, tmp_path: Path) -> None:  # noqa: F811
 
 
 def test_results_panel_says_when_the_film_rule_withheld_regions(app, dicom_dir: Path) -> None:  # noqa: F811
-    _ready(app)
-    app.open_path(dicom_dir / "RG2_JPLL.dcm")
-    pump(app, lambda: app.session.image is not None)
-    _key(app, "a")
-    pump(app, lambda: app.session.analysis is not None)
-    r = app.results
+    r = _analysed(app, dicom_dir)
     assert "not reported" not in r.findings.get("1.0", "end")
     withheld = r.result.__class__(**{**r.result.__dict__, "regions": (), "severity": "none",
                                      "probabilities": {"Normal": 0.9, "COVID-19": 0.05, "Other pneumonia": 0.05},
@@ -215,12 +215,7 @@ def test_results_panel_says_when_the_film_rule_withheld_regions(app, dicom_dir: 
 
 def test_findings_are_never_cut_off(app, dicom_dir: Path) -> None:  # noqa: F811
     """The findings box grows to its wrapped text (opacity, withheld regions, COVID and TB lines)."""
-    _ready(app)
-    app.open_path(dicom_dir / "RG2_JPLL.dcm")
-    pump(app, lambda: app.session.image is not None)
-    _key(app, "a")
-    pump(app, lambda: app.session.analysis is not None)
-    r = app.results
+    r = _analysed(app, dicom_dir)
     long = r.result.__class__(**{**r.result.__dict__, "opacity_withheld_regions": 3, "prob_tuberculosis": 0.7,
                                  "tb_positive": True, "tb_operating_point": 0.54,
                                  "operating_point": {"COVID-19": 0.12}, "covid_positive": False})
