@@ -18,8 +18,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xrayviewer.modellayer.opacity import (GRADES, OpacityResult, analyze_probability, extent_score,
-                                find_regions, involvement, min_area_px, severity_grade)
+from xrayviewer.modellayer.opacity import (
+    GRADES,
+    OpacityResult,
+    analyze_probability,
+    extent_score,
+    find_regions,
+    involvement,
+    min_area_px,
+    severity_grade,
+)
 from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, split_lungs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,8 +3,15 @@ from __future__ import annotations
 import numpy as np
 
 from xrayviewer.inference.result import Region
-from xrayviewer.rendering.overlay import (LEFT_COLOR, OPACITY_COLOR, RIGHT_COLOR, OverlayOptions, blend,
-                                          compose_overlay, overlay_layer)
+from xrayviewer.rendering.overlay import (
+    LEFT_COLOR,
+    OPACITY_COLOR,
+    RIGHT_COLOR,
+    OverlayOptions,
+    blend,
+    compose_overlay,
+    overlay_layer,
+)
 
 
 def _case():

@@ -206,9 +206,8 @@ def test_corrupt_jpeg_ls_does_not_leak_memory(tmp_path: Path) -> None:
     import libjpeg
     import numpy as np
     import pydicom
-    from pydicom.encaps import encapsulate
-
     from factories import make_dicom
+    from pydicom.encaps import encapsulate
 
     if not Path("/proc/self/statm").exists():
         pytest.skip("needs /proc (Linux)")

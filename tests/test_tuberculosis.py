@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from xrayviewer.modellayer import modelstore
 from xrayviewer.errors import ModelError
+from xrayviewer.modellayer import modelstore
 from xrayviewer.modellayer.tuberculosis import LABEL, MODEL_NAME, POOLINGS, TuberculosisHead, cell_weights, pooled
 
 SHENZHEN = ("tb-shenzhen", "Lung Segmentation", "CXR_png")

@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .cli import COMMANDS, main as cli_main, setup_logging
+from .cli import COMMANDS, setup_logging
+from .cli import main as cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,8 +47,8 @@ from ..modellayer.opacity import (
     lung_box,
     predict_maps,
 )
-from ..modellayer.preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
 from ..modellayer.postprocess import split_lungs
+from ..modellayer.preprocessing import LEGACY, ROBUST, film_input, prepare_for_model, resize
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
     compare_runs,

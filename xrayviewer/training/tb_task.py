@@ -116,9 +116,9 @@ def extract_features(records: list[Record], models_dir: Path | None = None, chun
                      ) -> dict[str, np.ndarray]:
     """The app's path for each film: load, gate, lungs, the classifier's feature maps pooled
     both ways per layer (+ the embedding of a lung-cropped input, a second pass)."""
+    from ..imaging import load_image
     from ..modellayer.classifier import DiseaseClassifier, crop_to_lungs
     from ..modellayer.gate import DomainGate
-    from ..imaging import load_image
     from ..modellayer.lung import LungSegmenter
     from ..modellayer.preprocessing import film_input, prepare_for_model
 
@@ -617,8 +617,8 @@ def parity_check(run: Path, models_dir: Path, name: str, n: int = 12, tol: float
     must give the run's probabilities on Shenzhen val films; fails the export otherwise."""
     import os
 
-    from ..modellayer.classifier import DiseaseClassifier
     from ..imaging import load_image
+    from ..modellayer.classifier import DiseaseClassifier
     from ..modellayer.lung import LungSegmenter
     from ..modellayer.preprocessing import film_input
     from ..modellayer.tuberculosis import TuberculosisHead
