@@ -279,15 +279,18 @@ class DiseaseClassifier:
         """Feature-resolution CAM -> [0, 1] map at the image's (rows, cols), lung-masked."""
         r0, r1, c0, c1 = box
         heat = np.zeros(shape, np.float32)
-        heat[r0:r1, c0:c1] = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
-        heat = np.maximum(heat, 0.0)
+        inside = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
+        heat[r0:r1, c0:c1] = np.maximum(inside, 0.0, out=inside)
+        # In place from here on: one full-size array per heatmap, no float temporaries.
         if lung_mask is not None:
             m = np.asarray(lung_mask)
             if m.shape != shape:
                 m = resize(m.astype(np.float32), shape) > 0.5
-            heat *= (m > 0).astype(np.float32)
-        peak = float(heat.max())
-        return heat / peak if peak > 0 else heat
+            np.multiply(heat, m if m.dtype == bool else m > 0, out=heat)
+        peak = float(heat[r0:r1, c0:c1].max(initial=0.0))
+        if peak > 0:
+            heat /= np.float32(peak)
+        return heat
 
 
 def mahalanobis(embeddings: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Lung-field segmentation with the bundled U-Net.
 
 Input: films (an ``XRayImage``, a :class:`~xrayviewer.preprocessing.FilmInput` or a 2-D
-grey array, any size). Output: per image, the lung probability at the input's full
-resolution and a label mask 0/1/2 (1 = patient's right lung = image left). The model sees
+grey array, any size). Output: per image, the lung probability and a label mask 0/1/2
+(1 = patient's right lung = image left) at the post-processing's working resolution, and
+the label mask at the input's full resolution (:mod:`xrayviewer.postprocess`). The model sees
 exactly the training preprocessing (:func:`prepare_for_model` with the normalisation its
 card names).
 """
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import modelstore
-from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, lung_labels, upscale_labels, working_shape
 from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,13 @@ MODEL_NAME = "lung_unet"
 
 @dataclass(frozen=True)
 class LungResult:
-    """Segmentation of one image, at the image's own (rows, cols)."""
+    """Segmentation of one image: ``labels`` at the image's own (rows, cols); ``probability``
+    and ``work_labels`` at the working resolution (the image's own size up to
+    ``postprocess.WORKING_SIDE`` pixels, where the three share one shape)."""
 
-    probability: np.ndarray  # float32 in [0, 1]
-    labels: np.ndarray  # uint8: 0 background, 1 right lung, 2 left lung
+    probability: np.ndarray  # float32 in [0, 1], working resolution
+    labels: np.ndarray  # uint8: 0 background, 1 right lung, 2 left lung; full resolution
+    work_labels: np.ndarray | None = None  # the labels at the working resolution
 
     @property
     def mask(self) -> np.ndarray:
@@ -52,11 +56,10 @@ def image_shape(image: Any) -> tuple[int, int]:
     return (int(shape[0]), int(shape[1]))
 
 
-def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
-                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
-    """Model-resolution probabilities resized back to each image's full resolution.
+def predict_model_maps(model: Any, images: Sequence[Any], input_size: int,
+                       batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
+    """The model's probability maps at its own resolution, (S, S) float32 per image.
 
-    Shared by the app and the training evaluation so both measure the same code path.
     Uses ``model(x, training=False)`` (no ``predict`` overhead, BN in inference mode).
     """
     out: list[np.ndarray] = []
@@ -65,9 +68,28 @@ def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
         x = np.stack([prepare_for_model(img, input_size, normalization) for img in chunk])
         y = model(x, training=False)
         prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
-        for img, p in zip(chunk, prob):
-            out.append(mask_to_full_resolution(p, image_shape(img)))
+        out.extend(p[..., 0] if p.ndim == 3 else p for p in prob)
     return out
+
+
+def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
+                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
+    """Model-resolution probabilities resized back to each image's full resolution.
+
+    Shared by the app and the training evaluation so both measure the same code path.
+    """
+    maps = predict_model_maps(model, images, input_size, batch_size, normalization)
+    return [mask_to_full_resolution(p, image_shape(img)) for img, p in zip(images, maps)]
+
+
+def lung_result(model_map: np.ndarray, shape: tuple[int, int], threshold: float) -> LungResult:
+    """A model-resolution map -> :class:`LungResult` for an image of ``shape``: the map
+    resized to the working resolution, cleaned and split there (:func:`lung_labels`), and
+    only the final labels brought to full size. Films up to the working side: exactly
+    ``lung_labels(mask_to_full_resolution(map, shape))``."""
+    prob = mask_to_full_resolution(model_map, working_shape(shape))
+    work = lung_labels(prob, threshold)
+    return LungResult(prob, upscale_labels(work, shape), work)
 
 
 class LungSegmenter:
@@ -89,9 +111,8 @@ class LungSegmenter:
         for img in images:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
-        probs = predict_probabilities(self.model, images, self.input_size, batch_size,
-                                      self.normalization)
-        return [LungResult(p, lung_labels(p, self.card.threshold)) for p in probs]
+        maps = predict_model_maps(self.model, images, self.input_size, batch_size, self.normalization)
+        return [lung_result(p, image_shape(img), self.card.threshold) for img, p in zip(images, maps)]
 
     def segment(self, image: np.ndarray) -> LungResult:
         """Segment one 2-D grey image."""

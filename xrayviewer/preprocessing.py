@@ -45,7 +45,8 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
     """
     arr = _as_2d(gray)
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
+        unit = arr.astype(np.float32)
+        return np.divide(unit, np.float32(255.0), out=unit)  # in place: one float copy, same numbers
     arr = arr.astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
@@ -91,6 +92,11 @@ def rank_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     clipped background) are merged into one level carrying their mean rank.
     """
     small = resize(_as_2d(gray).astype(np.float32), RANK_GRID)
+    return _rank_map_of_grid(small)
+
+
+def _rank_map_of_grid(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_map` from the film already squashed to the RANK_GRID square (float32)."""
     m = int(round(RANK_GRID * RANK_CENTRAL))
     sample = small[m:RANK_GRID - m, m:RANK_GRID - m].ravel()
     q = np.linspace(0.0, 1.0, RANK_LEVELS)
@@ -112,15 +118,19 @@ def apply_rank_map(arr: np.ndarray, levels: np.ndarray, targets: np.ndarray) -> 
 class FilmInput:
     """A film as the models' preprocessing sees it (no display window anywhere).
 
-    ``gray``: canonical grey values at the film's full resolution (float32 or the stored
-    integer type), bright = dense. ``levels``/``targets``: its rank map (see
-    :func:`rank_map`), computed once per film and shared by every model and crop.
+    ``gray``: the film's grey values at full resolution as stored (the modality values or the
+    bare array, never copied); bright = dense once negated when ``invert`` is set (MONOCHROME1
+    / INVERSE films). The negation is applied after each resize (exact: a linear resize
+    commutes with it), so no full-resolution float copy of the film is kept per stage.
+    ``levels``/``targets``: its rank map (see :func:`rank_map`) of the bright = dense values,
+    computed once per film and shared by every model and crop.
     """
 
     gray: np.ndarray
     levels: np.ndarray
     targets: np.ndarray
     display: np.ndarray | None = None  # the 8-bit display image, for legacy-input models
+    invert: bool = False  # bright = dense is -gray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -131,12 +141,21 @@ class FilmInput:
 
         ``box`` = (x0, y0, x1, y1) in full-resolution pixels, x1/y1 exclusive.
         """
+        return apply_rank_map(self.squashed(size, box), self.levels, self.targets)[..., None]
+
+    def squashed(self, size: int | tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The (cropped) film resized to ``size``, float32, bright = dense (before the rank map)."""
         g = self.gray
         if box is not None:
             x0, y0, x1, y1 = box
             g = g[y0:y1, x0:x1]
-        small = resize(np.asarray(g, np.float32), size)
-        return apply_rank_map(small, self.levels, self.targets)[..., None]
+        small = _resize_float(g, size)
+        return np.negative(small, out=small) if self.invert else small
+
+
+def _resize_float(gray: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """``resize(gray.astype(float32), size)`` as float32 (the same numbers)."""
+    return np.asarray(resize(np.asarray(gray, np.float32), size), np.float32)
 
 
 def film_input(source: Any) -> FilmInput:
@@ -144,19 +163,22 @@ def film_input(source: Any) -> FilmInput:
     values, inverted for MONOCHROME1 / INVERSE so that bright = dense) or a 2-D grey array
     that is already bright = dense (the datasets' PNGs in training)."""
     display = None
+    invert = False
     if hasattr(source, "values") and hasattr(source, "invert"):
         g = np.asarray(source.values)
         if g.ndim == 3:  # multi-sample data that reached us undecided: average the samples
             g = g.astype(np.float32).mean(axis=-1)
-        if source.invert:
-            g = -g.astype(np.float32)
+        invert = bool(source.invert)
         display = np.asarray(source.display)
     else:
         g = _as_2d(source)
         if g.dtype == np.uint8:
             display = g
-    levels, targets = rank_map(g)
-    return FilmInput(g, levels, targets, display)
+    small = _resize_float(g, RANK_GRID)
+    if invert:
+        np.negative(small, out=small)
+    levels, targets = _rank_map_of_grid(small)
+    return FilmInput(g, levels, targets, display, invert)
 
 
 def prepare_for_model(gray: Any, size: int, normalization: str = LEGACY) -> np.ndarray:
