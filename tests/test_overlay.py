@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from xrayviewer.inference.result import Region
-from xrayviewer.rendering.overlay import (LEFT_COLOR, OPACITY_COLOR, RIGHT_COLOR, OverlayOptions, blend,
-                                          compose_overlay, overlay_layer)
+from xrayviewer.rendering.overlay import (
+    LEFT_COLOR,
+    OPACITY_COLOR,
+    RIGHT_COLOR,
+    OverlayOptions,
+    blend,
+    compose_overlay,
+    overlay_layer,
+)
 
 
 def _case():
@@ -63,3 +71,43 @@ def test_legend_lists_the_layers_present() -> None:
     assert everything.shape[0] > with_lungs.shape[0]  # five entries wrap onto more lines at 400 px
     nothing = compose_overlay(image, options=OverlayOptions(legend=True))
     assert nothing.shape == (400, 400, 3) and nothing.max() == 0  # no layers, no legend
+
+
+def _old_compose(display, *, lung_labels=None, opacity_mask=None, regions=(), heatmap=None, options=None):
+    """compose_overlay before issue 19: a full-size layer, blended, the legend stacked below."""
+    from dataclasses import replace
+
+    from xrayviewer.rendering.overlay import legend_strip
+
+    layer = overlay_layer(display.shape[:2], lung_labels=lung_labels, opacity_mask=opacity_mask, regions=regions,
+                          heatmap=heatmap, options=options)
+    out = blend(display, layer)
+    if options.legend:
+        present = replace(options, lungs=options.lungs and lung_labels is not None,
+                          opacity=options.opacity and opacity_mask is not None,
+                          boxes=options.boxes and opacity_mask is not None, heatmap=options.heatmap and heatmap is not None)
+        strip = legend_strip(out.shape[1], present)
+        if len(strip):
+            out = np.vstack([out, strip])
+    return out
+
+
+@pytest.mark.parametrize("legend,heat,lungs", [(True, True, True), (False, False, True), (True, False, False)])
+def test_overlay_blended_only_where_it_shows_is_pixel_identical(legend: bool, heat: bool, lungs: bool) -> None:
+    shape = (1300, 1100)
+    rng = np.random.default_rng(7)
+    display = rng.integers(0, 256, shape, dtype=np.uint8)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    labels = np.zeros(shape, np.uint8)
+    labels[((y - 650) / 450) ** 2 + ((x - 330) / 190) ** 2 < 1] = 1
+    labels[((y - 660) / 470) ** 2 + ((x - 780) / 200) ** 2 < 1] = 2
+    opacity = (((y - 800) / 120) ** 2 + ((x - 350) / 90) ** 2 < 1) | (((y - 500) / 60) ** 2 + ((x - 800) / 50) ** 2 < 1)
+    regions = (Region((260, 680, 441, 921), 30000, "right", 0.7), Region((750, 440, 851, 561), 9000, "left", 0.6))
+    heatmap = (rng.random(shape, np.float32) * (labels > 0)) if heat else None
+    opts = OverlayOptions(heatmap=heat, legend=legend, alpha=0.35, lungs=lungs)
+    kw = {"lung_labels": labels, "opacity_mask": opacity, "regions": regions, "heatmap": heatmap, "options": opts}
+    np.testing.assert_array_equal(compose_overlay(display, **kw), _old_compose(display, **kw))
+    # a region box at the image's edge, nothing else
+    edge = (Region((0, 0, 40, 30), 1200, "right", 0.5),)
+    kw = {"regions": edge, "options": OverlayOptions(legend=legend)}
+    np.testing.assert_array_equal(compose_overlay(display, **kw), _old_compose(display, **kw))

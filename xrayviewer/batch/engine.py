@@ -247,12 +247,15 @@ def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[st
     )
     atomic_write_bytes(paths["overlay"], encode_png(overlay, "overlay"))
     written.append(str(paths["overlay"]))
+    del overlay  # the full-size RGB picture: gone before the masks are encoded
     if result.lung_labels is not None:
-        atomic_write_bytes(paths["lung"], encode_png(result.lung_labels.astype(np.uint8), "lung-labels"))
+        atomic_write_bytes(paths["lung"], encode_png(np.asarray(result.lung_labels, np.uint8), "lung-labels"))
         written.append(str(paths["lung"]))
     if result.opacity_mask is not None:
-        atomic_write_bytes(paths["opacity"], encode_png((result.opacity_mask > 0).astype(np.uint8) * 255,
-                                                          "opacity-mask"))
+        mask = np.asarray(result.opacity_mask)
+        mask8 = np.multiply(mask, np.uint8(255), dtype=np.uint8) if mask.dtype == bool else \
+            (mask > 0).astype(np.uint8) * np.uint8(255)
+        atomic_write_bytes(paths["opacity"], encode_png(mask8, "opacity-mask"))
         written.append(str(paths["opacity"]))
     return written
 

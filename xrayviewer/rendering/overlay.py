@@ -55,18 +55,20 @@ def overlay_layer(
     regions: tuple = (),
     heatmap: np.ndarray | None = None,
     options: OverlayOptions = OverlayOptions(),
+    thickness: int | None = None,
 ) -> np.ndarray:
     """RGBA uint8 layer (rows, cols, 4) to blend over any rendering of the image.
 
     Kept separate from the grey image so the viewer can re-window the picture without
     recomputing the overlay; fills carry ``options.alpha``, outlines and boxes are opaque.
     Works in uint8 throughout: the viewer calls it at canvas size on every view change.
+    ``thickness``: the outline width of the whole image when ``shape`` is a part of it.
     """
     import cv2
 
     h, w = shape
     a8 = int(round(float(np.clip(options.alpha, 0.0, 1.0)) * 255))
-    t = _thickness(shape)
+    t = thickness if thickness is not None else _thickness(shape)
     if options.heatmap and heatmap is not None:
         heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
         rgb = np.ascontiguousarray(heat_colormap(heat))
@@ -152,13 +154,20 @@ def compose_overlay(
     options: OverlayOptions = OverlayOptions(),
 ) -> np.ndarray:
     """RGB uint8 overlay: the same (rows, cols) as ``display``, plus a legend band below the
-    image when ``options.legend`` (image pixels keep their coordinates)."""
+    image when ``options.legend`` (image pixels keep their coordinates).
+
+    One pass over the full-size picture: the output (legend band included) is allocated
+    once and filled with the grey image; the layer is built and blended only inside the
+    part of the image where it can show (:func:`layer_box`: the masks, the heatmap and the
+    boxes, grown by the outline width), the same pixels as blending a full-size layer.
+    """
+    import cv2
+
     grey = np.asarray(display)
     if grey.dtype != np.uint8:
         raise ValueError("display must be uint8")
-    layer = overlay_layer(grey.shape[:2], lung_labels=lung_labels, opacity_mask=opacity_mask, regions=regions,
-                          heatmap=heatmap, options=options)
-    out = blend(grey, layer)
+    rows, cols = grey.shape[:2]
+    strip = None
     if options.legend:
         from dataclasses import replace
 
@@ -166,10 +175,65 @@ def compose_overlay(
                           opacity=options.opacity and opacity_mask is not None,
                           boxes=options.boxes and opacity_mask is not None,
                           heatmap=options.heatmap and heatmap is not None)
-        strip = legend_strip(out.shape[1], present)
-        if len(strip):
-            out = np.vstack([out, strip])
+        strip = legend_strip(cols, present)
+    extra = len(strip) if strip is not None else 0
+    out = np.empty((rows + extra, cols, 3), np.uint8)
+    if grey.ndim == 2:
+        cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB, dst=out[:rows])
+    else:
+        out[:rows] = grey
+    if extra:
+        out[rows:] = strip
+    box = layer_box((rows, cols), lung_labels=lung_labels, opacity_mask=opacity_mask, regions=regions,
+                    heatmap=heatmap, options=options)
+    if box is None:
+        return out
+    x0, y0, x1, y1 = box
+    crop = (slice(y0, y1), slice(x0, x1))
+    layer = overlay_layer(
+        (y1 - y0, x1 - x0),
+        lung_labels=None if lung_labels is None else np.asarray(lung_labels)[crop],
+        opacity_mask=None if opacity_mask is None else np.asarray(opacity_mask)[crop],
+        regions=tuple(_Box((r.bbox[0] - x0, r.bbox[1] - y0, r.bbox[2] - x0, r.bbox[3] - y0)) for r in regions),
+        heatmap=None if heatmap is None else np.asarray(heatmap)[crop],
+        options=options, thickness=_thickness((rows, cols)))
+    out[y0:y1, x0:x1] = blend(out[y0:y1, x0:x1], layer)
     return out
+
+
+def layer_box(shape: tuple[int, int], *, lung_labels: np.ndarray | None = None,
+              opacity_mask: np.ndarray | None = None, regions: tuple = (), heatmap: np.ndarray | None = None,
+              options: OverlayOptions = OverlayOptions()) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), exclusive ends: the part of an image of ``shape`` outside which the
+    overlay layer is transparent (the layers shown, grown by twice the outline width), or
+    None when nothing is shown. Outside it, blending leaves the image's pixels as they are."""
+    rows, cols = shape
+    spans: list[tuple[int, int, int, int]] = []
+
+    def nonzero_span(a: np.ndarray) -> None:
+        ys = np.flatnonzero(a.any(axis=1))
+        if len(ys):
+            xs = np.flatnonzero(a.any(axis=0))
+            spans.append((int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1))
+
+    if options.lungs and lung_labels is not None:
+        nonzero_span(np.asarray(lung_labels) > 0)
+    if options.opacity and opacity_mask is not None:
+        nonzero_span(np.asarray(opacity_mask) > 0)
+    if options.heatmap and heatmap is not None:
+        nonzero_span(np.asarray(heatmap) > 0)
+    if options.boxes:
+        for r in regions:
+            bx0, by0, bx1, by1 = (int(v) for v in r.bbox)
+            spans.append((min(bx0, bx1 - 1), min(by0, by1 - 1), max(bx1, bx0 + 1), max(by1, by0 + 1)))
+    if not spans:
+        return None
+    grow = 2 * (_thickness(shape) + 1) + 2
+    x0 = max(0, min(s[0] for s in spans) - grow)
+    y0 = max(0, min(s[1] for s in spans) - grow)
+    x1 = min(cols, max(s[2] for s in spans) + grow)
+    y1 = min(rows, max(s[3] for s in spans) + grow)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def legend_entries(options: OverlayOptions) -> list[tuple[str, tuple[int, int, int]]]:
@@ -216,7 +280,12 @@ def legend_strip(width: int, options: OverlayOptions) -> np.ndarray:
     return strip
 
 
-def encode_png(arr: np.ndarray, kind: str = "overlay") -> bytes:
+# zlib level of the PNGs we write: 1 (fastest) encodes a 2,000-pixel RGB overlay about 3.5
+# times faster than Pillow's default 6 for files about 10 % larger (lossless either way).
+PNG_COMPRESS_LEVEL = 1
+
+
+def encode_png(arr: np.ndarray, kind: str = "overlay", compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """PNG bytes of a uint8 grey/RGB array (label images keep their exact values).
 
     Every PNG we write is marked as ours (``tEXt`` chunks before the image data, see
@@ -234,5 +303,5 @@ def encode_png(arr: np.ndarray, kind: str = "overlay") -> bytes:
     for key, value in png_text(kind).items():
         info.add_text(key, value)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
     return buf.getvalue()
