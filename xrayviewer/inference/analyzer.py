@@ -67,6 +67,8 @@ class Analyzer:
         self.heatmap = heatmap
         self.device: str | None = None
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time (preload thread, analysis)
+        self._preload: threading.Thread | None = None
         self._gate: Any = None
         self._lung: Any = None
         self._classifier: Any = None
@@ -99,10 +101,34 @@ class Analyzer:
     def has_opacity(self) -> bool:
         return self._opacity is not None
 
+    def preload(self) -> None:
+        """Start loading TensorFlow and the models in a background thread and return at once,
+        so that decoding the first files overlaps the start-up (the batch engine calls it). A
+        failure is not raised here: the analysis's own :meth:`load` raises it."""
+        if self.loaded or self._preload is not None:
+            return
+
+        def run() -> None:
+            try:
+                self.load()
+            except Exception as exc:  # noqa: BLE001 - reported by the analysis's own load()
+                log.debug("preloading the models failed (%s); the analysis will report it", exc)
+
+        self._preload = threading.Thread(target=run, name="xrayviewer-preload", daemon=True)
+        self._preload.start()
+
     def load(self, progress: ProgressFn | None = None) -> None:
-        """Configure the device and load all models (idempotent)."""
+        """Configure the device and load all models (idempotent; a load already running in
+        another thread, e.g. :meth:`preload`'s, is waited for)."""
         if self.loaded:
             return
+        with self._load_lock:
+            if self.loaded:
+                report(progress, STAGES[0], 1.0)
+                return
+            self._load(progress)
+
+    def _load(self, progress: ProgressFn | None) -> None:
         from ..classifier import DiseaseClassifier
         from ..gate import DomainGate
         from ..lung import LungSegmenter
