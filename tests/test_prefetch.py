@@ -195,7 +195,7 @@ def test_preload_and_the_analysis_load_the_models_once(monkeypatch: pytest.Monke
 
     calls: list[str] = []
 
-    def fake_load(self, progress) -> None:  # noqa: ANN001
+    def fake_load(self, progress) -> None:
         calls.append(threading.current_thread().name)
         time.sleep(0.05)
         self._classifier = object()
@@ -212,7 +212,7 @@ def test_a_failed_preload_is_reported_by_the_analysis(monkeypatch: pytest.Monkey
     from xrayviewer.inference.analyzer import Analyzer
     from xrayviewer.inference.device import DeviceError
 
-    def failing(self, progress) -> None:  # noqa: ANN001
+    def failing(self, progress) -> None:
         raise DeviceError("no GPU here")
 
     monkeypatch.setattr(Analyzer, "_load", failing)
