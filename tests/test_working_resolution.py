@@ -306,3 +306,34 @@ def test_heatmap_in_place_equals_the_old_computation() -> None:
         new = DiseaseClassifier._cam_to_image(cam, box, shape, m)
         assert new.dtype == np.float32
         np.testing.assert_array_equal(new, old)
+
+
+def test_graph_inference_equals_the_eager_keras_call() -> None:
+    """The inference graphs (modelstore.GraphInference, one per model, batch size free) give
+    Keras's eager outputs; the Grad-CAM graph gives the eager pass's logits and maps."""
+    from xrayviewer import modelstore
+    from xrayviewer.classifier import DiseaseClassifier
+
+    rng = np.random.default_rng(11)
+    for name in ("xray_gate", "lung_unet", "opacity_generator", "xray_classifier"):
+        model, card = modelstore.load_model(name)
+        fn = modelstore.inference_function(model)
+        assert isinstance(fn, modelstore.GraphInference) and modelstore.inference_function(model) is fn
+        for n in (1, 3):
+            x = rng.random((n, card.input_size, card.input_size, 1), np.float32)
+            np.testing.assert_allclose(np.asarray(fn(x)), np.asarray(model(x, training=False)), atol=1e-5)
+    clf = DiseaseClassifier()
+    x = rng.random((2, clf.input_size, clf.input_size, 1), np.float32)
+    logits, emb, cam = clf._grad_cam(x)
+    eager = [np.asarray(t) for t in clf._grad_cam_pass(x)]
+    np.testing.assert_allclose(logits, eager[0], atol=1e-5)
+    np.testing.assert_allclose(emb, eager[1], atol=1e-5)
+    np.testing.assert_allclose(cam, eager[2], atol=1e-4)
+
+
+def test_graphs_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xrayviewer import modelstore
+
+    model, _ = modelstore.load_model("xray_gate")
+    monkeypatch.setenv(modelstore.GRAPH_ENV, "0")
+    assert modelstore.inference_function(model) is model

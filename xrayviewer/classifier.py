@@ -158,6 +158,8 @@ class DiseaseClassifier:
         except ValueError as exc:
             raise ModelError(f"classifier lacks layer {exc}", self.card.weights_path) from exc
         self._multi = keras.Model(self.model.input, outputs)
+        self._multi_infer = modelstore.inference_function(self._multi)
+        self._cam_graph: Any = None  # the Grad-CAM pass as one graph, built on first use
         self.embedding_stats = self._load_embedding_stats()
 
     @property
@@ -235,7 +237,7 @@ class DiseaseClassifier:
                     heat = self._cam_to_image(cams[k], box, g.shape[:2], m)
                     out.append(self._result(logits[k], emb[k], heat, m is not None))
                 continue
-            _, emb, logits = self._multi(x, training=False)
+            _, emb, logits = self._multi_infer(x, training=False)
             for lg, e in zip(np.asarray(logits, np.float64), np.asarray(emb)):
                 out.append(self._result(lg, e, None, False))
         return out
@@ -258,6 +260,20 @@ class DiseaseClassifier:
         import tensorflow as tf  # lazy
 
         xt = tf.convert_to_tensor(x, tf.float32)
+        if not modelstore.graph_enabled():
+            logits, emb, cam = self._grad_cam_pass(xt)
+        else:
+            if self._cam_graph is None:  # traced once (batch size free), like the models
+                spec = tf.TensorSpec((None, *tuple(self._multi.input_shape)[1:]), tf.float32)
+                self._cam_graph = tf.function(self._grad_cam_pass, input_signature=[spec])
+            logits, emb, cam = self._cam_graph(xt)
+        return (np.asarray(logits, np.float64), np.asarray(emb, np.float32),
+                np.asarray(cam, np.float32))
+
+    def _grad_cam_pass(self, xt: Any) -> tuple[Any, Any, Any]:
+        """Logits, embeddings and CAMs of a batch (TensorFlow tensors; eager or traced)."""
+        import tensorflow as tf  # lazy
+
         with tf.GradientTape() as tape:
             # Trainable weights are watched, so the path feats -> logits is recorded.
             feats, emb, logits = self._multi(xt, training=False)
@@ -270,8 +286,7 @@ class DiseaseClassifier:
                              self.card.weights_path)
         weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))
-        return (np.asarray(logits, np.float64), np.asarray(emb, np.float32),
-                np.asarray(cam, np.float32))
+        return logits, emb, cam
 
     @staticmethod
     def _cam_to_image(cam: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],

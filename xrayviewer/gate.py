@@ -119,6 +119,7 @@ class DomainGate:
 
     def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
         self.model, self.card = modelstore.load_model(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
         self.input_size = self.card.input_size
         # Minimum P(frontal chest X-ray) to pass stage 2 (chosen on validation).
         self.threshold = float(self.card.threshold)
@@ -130,7 +131,7 @@ class DomainGate:
         out = []
         for start in range(0, len(grays), batch_size):
             x = np.stack([prepare_for_model(g, self.input_size) for g in grays[start:start + batch_size]])
-            out.append(softmax(np.asarray(self.model(x, training=False), np.float64)))
+            out.append(softmax(np.asarray(self._infer(x, training=False), np.float64)))
         return np.concatenate(out) if out else np.zeros((0, len(GATE_CLASSES)))
 
     def _cnn_verdict(self, probs: np.ndarray) -> GateVerdict:

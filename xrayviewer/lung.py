@@ -97,6 +97,7 @@ class LungSegmenter:
 
     def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
         self.model, self.card = modelstore.load_model(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
 
     @property
     def input_size(self) -> int:
@@ -111,7 +112,7 @@ class LungSegmenter:
         for img in images:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
-        maps = predict_model_maps(self.model, images, self.input_size, batch_size, self.normalization)
+        maps = predict_model_maps(self._infer, images, self.input_size, batch_size, self.normalization)
         return [lung_result(p, image_shape(img), self.card.threshold) for img, p in zip(images, maps)]
 
     def segment(self, image: np.ndarray) -> LungResult:

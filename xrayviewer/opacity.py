@@ -412,6 +412,7 @@ class OpacityDetector:
 
     def __init__(self, name: str = MODEL_NAME, models_root: Path | None = None) -> None:
         self.model, self.card = modelstore.load_model(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
         self.min_region_fraction = float(self.card.raw.get("min_region_fraction",
                                                            DEFAULT_MIN_REGION_FRACTION))
 
@@ -447,7 +448,7 @@ class OpacityDetector:
                       batch_size: int = 8) -> list[np.ndarray]:
         """Raw full-resolution probabilities (not yet restricted to the lung)."""
         self._check(images)
-        return predict_maps(self.model, images, self.boxes(images, lung_labels), self.input_size,
+        return predict_maps(self._infer, images, self.boxes(images, lung_labels), self.input_size,
                             self.normalization, batch_size)
 
     def analyze_batch(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray],
@@ -459,7 +460,7 @@ class OpacityDetector:
             raise ValueError("one lung label mask per image is required")
         self._check(images)
         boxes = self.boxes(images, lung_labels)
-        maps = predict_model_maps(self.model, images, boxes, self.input_size, self.normalization, batch_size)
+        maps = predict_model_maps(self._infer, images, boxes, self.input_size, self.normalization, batch_size)
         return [analyze_model_map(m, box, lab, self.card.threshold, self.min_region_fraction)
                 for m, box, lab in zip(maps, boxes, lung_labels)]
 

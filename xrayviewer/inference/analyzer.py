@@ -149,10 +149,30 @@ class Analyzer:
             log.warning(OPACITY_MISSING)
         report(progress, STAGES[0], 0.75)
         classifier = DiseaseClassifier(models_root=self.models_root, lung_segmenter=lung)
+        report(progress, STAGES[0], 0.85)
+        t = time.perf_counter()
+        self._warm_up(gate, lung, classifier, opacity)
+        log.info("inference graphs ready in %.2f s", time.perf_counter() - t)
         # Assigned together, last: a failure above leaves the Analyzer unloaded, not half-loaded.
         self._gate, self._lung, self._opacity, self._classifier = gate, lung, opacity, classifier
         report(progress, STAGES[0], 1.0)
         log.info("models loaded on %s", self.device)
+
+    def _warm_up(self, gate: Any, lung: Any, classifier: Any, opacity: Any) -> None:
+        """Build each model's inference graph (``modelstore.GraphInference``) now, with a blank
+        film through every stage, rather than in the first analysis: the batch engine's
+        preload and the viewer's start-up load the models in the background, so the first
+        result waits for none of it. Nothing to do with graphs off (``XRAYVIEWER_GRAPH=0``)."""
+        from ..modelstore import graph_enabled
+
+        if not graph_enabled():
+            return
+        blank = np.zeros((lung.input_size, lung.input_size), np.uint8)
+        gate.screen([blank])
+        labels = lung.segment_batch([blank])[0].labels
+        classifier.predict_batch([blank], lung_masks=[labels > 0], heatmap=self.heatmap)
+        if opacity is not None:
+            opacity.analyze_batch([blank], [labels])
 
     # ------------------------------------------------------------------ analysis
     def analyze(self, image: XRayImage, *, progress: ProgressFn | None = None,
