@@ -18,8 +18,6 @@ Run: python benchmarks/bench_large_films.py [--set large|small|both] [--copies 1
 
 from __future__ import annotations
 
-import _machine  # noqa: I001 - first: puts this checkout on sys.path
-
 import argparse
 import json
 import logging
@@ -31,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _machine  # puts this checkout on sys.path (xrayviewer is imported later, in main)
 
 log = logging.getLogger("bench_large_films")
 
