@@ -337,3 +337,24 @@ def test_graphs_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = modelstore.load_model("xray_gate")
     monkeypatch.setenv(modelstore.GRAPH_ENV, "0")
     assert modelstore.inference_function(model) is model
+
+
+def test_shared_model_inputs_are_the_same_numbers(dicom_dir: Path) -> None:
+    """A film converted to float once for several model sizes (film_input(sizes=...)) and a
+    large display's legacy input remembered between the classifier and the opacity model
+    give exactly what computing each afresh gives; callers get their own copies."""
+    from xrayviewer.imaging import load_image
+    from xrayviewer.preprocessing import LEGACY, prepare_for_model, to_unit_float
+
+    for name in ("RG1_J2KI.dcm", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"):
+        img = load_image(dicom_dir / name)
+        shared, alone = film_input(img, sizes=(128, 64)), film_input(img)
+        for size in (128, 64):
+            np.testing.assert_array_equal(shared.model_array(size), alone.model_array(size))
+        first = prepare_for_model(img.display, 128, LEGACY)
+        fresh = np.clip(resize(to_unit_float(img.display), 128).astype(np.float32), 0.0, 1.0)[..., None]
+        np.testing.assert_array_equal(first, fresh)
+        first[:] = -1.0  # the caller's copy: the remembered input is untouched
+        again = prepare_for_model(shared, 128, LEGACY)  # the FilmInput's display: the same array
+        np.testing.assert_array_equal(again, fresh)
+        assert again is not prepare_for_model(img.display, 128, LEGACY)

@@ -214,7 +214,7 @@ class Analyzer:
         lungs: dict[int, Any] = {}
         # One model input per film (xrayviewer.preprocessing): modality values, never the
         # display window; each model takes the normalisation its card names from it.
-        films = {i: film_input(images[i]) for i in todo}
+        films = {i: film_input(images[i], sizes=(self._lung.input_size,)) for i in todo}
         if todo:
             for i, res in zip(todo, self._lung.segment_batch([films[i] for i in todo])):
                 lungs[i] = res
