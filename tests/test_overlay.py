@@ -111,3 +111,16 @@ def test_overlay_blended_only_where_it_shows_is_pixel_identical(legend: bool, he
     edge = (Region((0, 0, 40, 30), 1200, "right", 0.5),)
     kw = {"regions": edge, "options": OverlayOptions(legend=legend)}
     np.testing.assert_array_equal(compose_overlay(display, **kw), _old_compose(display, **kw))
+
+
+def test_blend_in_place_equals_the_plain_formula_for_every_value() -> None:
+    """All 256 x 256 x 256 (base, colour, alpha) triples: the in-place 16-bit blend with the
+    shift division gives (base * (255 - a) + colour * a + 127) // 255."""
+    b, c, a = (v.reshape(4096, 4096).astype(np.uint16) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij"))
+    layer = np.dstack([c, c, c, a]).astype(np.uint8)
+    expect = ((b * (255 - a) + c * a + 127) // 255).astype(np.uint8)
+    out = blend(b.astype(np.uint8), layer)
+    assert out.shape == (4096, 4096, 3)
+    for ch in range(3):
+        np.testing.assert_array_equal(out[..., ch], expect)
+

@@ -99,16 +99,13 @@ def old_and_new(film, lung_map: np.ndarray, opac_map: np.ndarray, threshold: flo
 
 
 def assert_same_opacity(a, b) -> None:
-    """Two opacity results of the same lung labels: the same figures (mean probabilities to
-    float rounding; the probability maps differ in size by design)."""
+    """Two opacity results of the same lung labels: the same figures, to the last bit (the
+    probability maps differ in size by design)."""
     np.testing.assert_array_equal(a.mask, b.mask)
     assert a.involvement_pct == b.involvement_pct and a.extent_score == b.extent_score and a.grade == b.grade
     assert a.lung_area_px == b.lung_area_px and a.opacity_area_px == b.opacity_area_px
     assert a.min_area_px == b.min_area_px and a.threshold == b.threshold
-    assert [(r.bbox, r.area_px, r.side) for r in a.regions] == [(r.bbox, r.area_px, r.side) for r in b.regions]
-    for r, q in zip(a.regions, b.regions):
-        assert r.mean_probability == pytest.approx(q.mean_probability, abs=1e-5)
-        assert r.centroid == pytest.approx(q.centroid, abs=1e-6)
+    assert a.regions == b.regions
 
 
 def assert_close(old_lab, old_op, new, new_op) -> None:

@@ -15,6 +15,9 @@ from .cli import COMMANDS, main as cli_main, setup_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .inference.device import tune_allocator
+
+    tune_allocator()  # before any large array: large films' buffers go back to the system
     args = list(sys.argv[1:] if argv is None else argv)
     if "--self-test" in args:
         return cli_main(args, self_test_steps=[("viewer", _check_viewer)])

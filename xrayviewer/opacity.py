@@ -237,7 +237,7 @@ def analyze_model_map(model_map: np.ndarray, box: tuple[int, int, int, int] | No
     regions at full resolution), in one pass instead of a chain of full-size float copies:
     the map is interpolated over the box only (one transient float array, never kept),
     thresholded inside the lungs' bounding box, and the regions come from OpenCV's one-pass
-    8-connected labelling with statistics (areas, boxes, centroids, 16-bit labels). The
+    8-connected labelling with statistics (areas and boxes, 16-bit labels). The
     result's ``probability`` is kept at the working resolution
     (:func:`~xrayviewer.postprocess.working_shape`) only.
     """
@@ -266,27 +266,29 @@ def analyze_model_map(model_map: np.ndarray, box: tuple[int, int, int, int] | No
             hit = prob > threshold
             hit &= labels[y0:y1, x0:x1] > 0
             try:
-                n, cc, stats, centroids = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
+                n, cc, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
                                                                            ltype=cv2.CV_16U)
             except cv2.error:  # more than 65,535 regions: 32-bit labels
-                n, cc, stats, centroids = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
+                n, cc, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
                                                                            ltype=cv2.CV_32S)
             keep = np.zeros(n, bool)
             keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= area
             if keep.any():
-                sums = np.bincount(cc.ravel(), weights=prob.ravel(), minlength=n)
                 sub = labels[y0:y1, x0:x1]
                 for k in np.flatnonzero(keep):
+                    # each region's figures as find_regions computes them, over its own box
                     x, y, w, h, a = (int(v) for v in stats[k])
                     sl = (slice(y, y + h), slice(x, x + w))
-                    sides = sub[sl][cc[sl] == k]
+                    comp = cc[sl] == k
+                    sides = sub[sl][comp]
                     n_right = int(np.count_nonzero(sides == RIGHT_LUNG))
                     n_left = int(np.count_nonzero(sides == LEFT_LUNG))
+                    ys, xs = np.nonzero(comp)
                     regions.append(OpacityRegion(
                         bbox=(x + x0, y + y0, x + w + x0, y + h + y0), area_px=a,
                         side="right" if n_right >= n_left else "left",
-                        mean_probability=float(sums[k] / a),
-                        centroid=(float(centroids[k][0]) + x0, float(centroids[k][1]) + y0),
+                        mean_probability=float(prob[sl][comp].mean()),
+                        centroid=(float(xs.mean() + (x + x0)), float(ys.mean() + (y + y0))),
                     ))
                 mask[y0:y1, x0:x1] = hit if keep[1:].all() else keep[cc]
             del hit, prob

@@ -38,7 +38,10 @@ def heat_colormap(unit: np.ndarray) -> np.ndarray:
     """[0, 1] -> RGB uint8 with a perceptual (inferno-like) map from OpenCV."""
     import cv2
 
-    u8 = np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+    scaled = np.multiply(unit, 255, dtype=np.float32) if np.asarray(unit).dtype == np.float32 else unit * 255
+    np.rint(scaled, out=scaled)
+    u8 = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+    del scaled
     bgr = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)
     return bgr[..., ::-1]
 
@@ -72,7 +75,9 @@ def overlay_layer(
     if options.heatmap and heatmap is not None:
         heat = np.clip(np.asarray(heatmap, np.float32), 0, 1)
         rgb = np.ascontiguousarray(heat_colormap(heat))
-        alpha = np.rint(heat * a8).astype(np.uint8)
+        np.multiply(heat, a8, out=heat)
+        alpha = np.rint(heat, out=heat).astype(np.uint8)
+        del heat
     else:
         rgb = np.zeros((h, w, 3), np.uint8)
         alpha = np.zeros((h, w), np.uint8)
@@ -135,12 +140,23 @@ def view_layer(state, *, lung_labels: np.ndarray | None = None, opacity_mask: np
 
 
 def blend(grey_or_rgb: np.ndarray, layer: np.ndarray) -> np.ndarray:
-    """Alpha-blend an RGBA layer over a grey (H, W) or RGB (H, W, 3) uint8 image."""
+    """Alpha-blend an RGBA layer over a grey (H, W) or RGB (H, W, 3) uint8 image:
+    ``(base * (255 - a) + rgb * a + 127) // 255`` per channel, in 16-bit integers, in place
+    (two 16-bit arrays; the division by 255 as ``(x + 1 + (x >> 8)) >> 8``, exact for every
+    x up to 65,534 and the sum never exceeds 65,152)."""
     base = np.asarray(grey_or_rgb)
-    if base.ndim == 2:
-        base = np.dstack([base] * 3)
     a = layer[..., 3:4].astype(np.uint16)
-    out = (base.astype(np.uint16) * (255 - a) + layer[..., :3].astype(np.uint16) * a + 127) // 255
+    out = np.empty((*base.shape[:2], 3), np.uint16)
+    out[...] = base[..., None] if base.ndim == 2 else base
+    out *= 255 - a
+    a3 = layer[..., :3].astype(np.uint16)
+    a3 *= a
+    out += a3
+    out += 127
+    np.right_shift(out, 8, out=a3)
+    out += a3
+    out += 1
+    out >>= 8
     return out.astype(np.uint8)
 
 
