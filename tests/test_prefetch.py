@@ -221,3 +221,50 @@ def test_a_failed_preload_is_reported_by_the_analysis(monkeypatch: pytest.Monkey
     a._preload.join(5)
     with pytest.raises(DeviceError, match="no GPU"):
         a.load()
+
+
+def test_engine_holds_a_bounded_number_of_decoded_films(tmp_path: Path) -> None:
+    """Structural memory bound: however many large films a folder holds, the decoded films
+    alive at any model call are at most one batch being analysed, one being written and what
+    the prefetch bounds allow (its byte budget, plus one film per decode thread)."""
+    import gc
+    import weakref
+
+    from xrayviewer.batch import engine
+
+    src = tmp_path / "big"
+    src.mkdir()
+    film = (np.arange(1400 * 1300, dtype=np.uint32) % 251).astype(np.uint8).reshape(1400, 1300)
+    for k in range(24):
+        (src / f"{k:02d}.png").write_bytes(png_bytes(np.roll(film, k, axis=0)))
+    items = discover([src]).items
+    alive: weakref.WeakSet = weakref.WeakSet()
+    real_load = engine.load_item
+
+    def tracking_load(*a, **kw):
+        out = real_load(*a, **kw)
+        if out.image is not None:
+            alive.add(out.image)
+        return out
+
+    counts: list[int] = []
+
+    class Counting(ThresholdAnalyzer):
+        def analyze_batch(self, images, *, cancel=None):
+            gc.collect()
+            counts.append(len(alive))
+            return super().analyze_batch(images, cancel=cancel)
+
+    per_film = 1400 * 1300 * 2  # values + display, uint8 each
+    opts = BatchOptions(tmp_path / "out", formats=("csv", "png"), jobs=2, batch_size=8,
+                        max_batch_pixels=2 * 1400 * 1300, prefetch_bytes=3 * per_film)
+    engine.load_item = tracking_load
+    try:
+        summary = BatchRunner(Counting(), opts).run(items)
+    finally:
+        engine.load_item = real_load
+    assert summary.ok == len(items)
+    batch_films = 2  # max_batch_pixels holds two
+    bound = batch_films * 2 + 3 + opts.jobs + 1  # analysed + written + budget + running decodes + handed over
+    assert max(counts) <= bound, counts
+    assert max(counts) < len(items) // 2  # and far from the whole folder
