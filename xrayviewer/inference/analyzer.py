@@ -114,7 +114,9 @@ class Analyzer:
             except Exception as exc:  # noqa: BLE001 - reported by the analysis's own load()
                 log.debug("preloading the models failed (%s); the analysis will report it", exc)
 
-        self._preload = threading.Thread(target=run, name="xrayviewer-preload", daemon=True)
+        # Not a daemon: a process that ends before the models were needed (every file failed
+        # to decode) waits for the import to finish rather than tearing it down half-way.
+        self._preload = threading.Thread(target=run, name="xrayviewer-preload", daemon=False)
         self._preload.start()
 
     def load(self, progress: ProgressFn | None = None) -> None:
