@@ -94,7 +94,7 @@ if [ "${NGPU:-0}" -gt 0 ] 2>/dev/null; then
 else
   DEVICE=cpu
   echo "TensorFlow sees NO GPU: the benchmark runs with --device cpu (this is not a GPU figure)"
-  tail -n 5 "$LOGS/tf_devices.log" 2>/dev/null | sed 's/^/    tf: /'
+  grep -iE "gpu|cuda|dlopen|driver" "$LOGS/tf_devices.log" 2>/dev/null | tail -n 5 | sed 's/^/    tf: /'
 fi
 
 say "python -m xrayviewer --self-test"
