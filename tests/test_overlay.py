@@ -124,3 +124,30 @@ def test_blend_in_place_equals_the_plain_formula_for_every_value() -> None:
     for ch in range(3):
         np.testing.assert_array_equal(out[..., ch], expect)
 
+
+
+def test_pdf_overlay_is_drawn_at_its_embedded_size() -> None:
+    """The report draws the overlay at the size it embeds (long side MAX_EMBED_PX) instead of
+    drawing a 2,000-pixel picture and shrinking it: same layers, in the same places."""
+    from types import SimpleNamespace
+
+    from xrayviewer.reporting.pdf import MAX_EMBED_PX, _embedded_overlay
+
+    rows, cols = 2100, 1800
+    display = np.full((rows, cols), 90, np.uint8)
+    labels = np.zeros((rows, cols), np.uint8)
+    labels[300:1800, 200:800] = 1
+    labels[300:1850, 1000:1600] = 2
+    opacity = np.zeros((rows, cols), bool)
+    opacity[900:1300, 300:600] = True
+    r = SimpleNamespace(lung_labels=labels, opacity_mask=opacity,
+                        regions=(Region((300, 900, 600, 1300), 120000, "right", 0.8),))
+    out = _embedded_overlay(display, r)
+    s = MAX_EMBED_PX / rows
+    assert out.shape == (MAX_EMBED_PX, round(cols * s), 3)
+    assert tuple(out[round(1100 * s), round(450 * s)]) != (90, 90, 90)  # the opacity fill
+    assert tuple(out[round(200 * s), round(900 * s)]) == (90, 90, 90)  # outside everything
+    assert (out == RIGHT_COLOR).all(axis=-1).any() and (out == LEFT_COLOR).all(axis=-1).any()
+    small = _embedded_overlay(display[:500, :400], SimpleNamespace(lung_labels=labels[:500, :400],
+                                                                  opacity_mask=None, regions=()))
+    assert small.shape == (500, 400, 3)  # below the embedded size: drawn as it is
