@@ -9,8 +9,9 @@ Two sets, each run in a fresh process (start-up included), default outputs unles
   ``bench_pipeline.py``, through the command line).
 
 Prints films/s (wall clock, start-up included), the median per film of the ``seconds``
-column (decode + analysis) and of each stage, and the peak memory (max RSS) of the analyze
-process, next to the machine's CPU and vector extensions.
+column (decode + analysis) and of each stage, the CPU time the process used per film (less
+sensitive than the wall clock to another job sharing the CPU) and its peak memory (max RSS),
+next to the machine's CPU and vector extensions.
 
 Run: python benchmarks/bench_large_films.py [--set large|small|both] [--copies 10] [--runs 1]
      [--max-isa avx2] [-- extra analyze options, e.g. --batch-size 4]
@@ -86,6 +87,7 @@ def run_analyze(inputs: Path, out: Path, extra: list[str]) -> dict:
             if k != "load_models":
                 stages.setdefault(k, []).append(float(v))
     return {"wall": wall, "rows": rows, "peak_mb": usage.ru_maxrss / 1024, "stdout": stdout.strip(),
+            "cpu": usage.ru_utime + usage.ru_stime,
             "stages": {k: statistics.median(v) for k, v in stages.items()},
             "seconds": statistics.median(float(r["seconds"]) for r in rows) if rows else float("nan")}
 
@@ -106,6 +108,8 @@ def bench(name: str, files: list[Path], copies: int, runs: int, extra: list[str]
     log.info("| films/s through `analyze` (wall clock, start-up included) | %.2f (%.1f s for %d) |", n / wall, wall, n)
     log.info("| per film, median of `seconds` (decode + analysis) | %.3f s |", last["seconds"])
     log.info("| per stage, median | %s |", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in last["stages"].items()))
+    log.info("| CPU time of the analyze process (user + system), per film | %.2f s (%.0f s in all) |",
+             statistics.median(r["cpu"] for r in results) / n, statistics.median(r["cpu"] for r in results))
     log.info("| peak memory of the analyze process (max RSS) | %.0f MB |", max(r["peak_mb"] for r in results))
     log.info("| rows | %s |", ", ".join(f"{k} {v}" for k, v in status.items()))
     log.info("%s", _machine.markdown_row())
