@@ -151,3 +151,25 @@ def test_pdf_overlay_is_drawn_at_its_embedded_size() -> None:
     small = _embedded_overlay(display[:500, :400], SimpleNamespace(lung_labels=labels[:500, :400],
                                                                   opacity_mask=None, regions=()))
     assert small.shape == (500, 400, 3)  # below the embedded size: drawn as it is
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 3), (300, 200), (1, 1)])
+def test_png_bytes_decode_to_the_same_pixels_and_carry_our_marker(shape: tuple[int, ...], tmp_path) -> None:
+    """OpenCV's encoder with our tEXt chunks spliced in: a valid PNG (chunk CRCs checked by
+    Pillow), the exact pixels, and the marker provenance recognises."""
+    import io
+
+    from PIL import Image
+
+    from xrayviewer.provenance import own_output_reason
+    from xrayviewer.rendering.overlay import encode_png
+
+    arr = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(arr, "overlay")
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    np.testing.assert_array_equal(np.asarray(img), arr)
+    assert img.text["xrayviewer-output"] == "overlay"
+    assert data.index(b"tEXt") < data.index(b"IDAT")
+    (tmp_path / "x.png").write_bytes(data)
+    assert own_output_reason(tmp_path / "x.png")

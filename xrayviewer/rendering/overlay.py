@@ -296,8 +296,10 @@ def legend_strip(width: int, options: OverlayOptions) -> np.ndarray:
     return strip
 
 
-# zlib level of the PNGs we write: 1 (fastest) encodes a 2,000-pixel RGB overlay about 3.5
-# times faster than Pillow's default 6 for files about 10 % larger (lossless either way).
+# zlib level of the PNGs we write: 1 (fastest); with one row filter (``average``) instead
+# of trying all five per row, OpenCV encodes a 2,000-pixel RGB overlay in about half the
+# time Pillow needs at the same level, for the same size, and about 8 times faster than
+# Pillow's default level 6 for files ~5 % larger (lossless either way).
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -308,16 +310,49 @@ def encode_png(arr: np.ndarray, kind: str = "overlay", compress_level: int = PNG
     ``xrayviewer.provenance``), so a later batch never analyses it as an X-ray; ``kind``
     says what it is (overlay, lung-labels, opacity-mask).
     """
+    from ..provenance import png_text
+
+    a = np.asarray(arr)
+    png = _encode_png_opencv(a, compress_level) if a.dtype == np.uint8 and a.ndim in (2, 3) else None
+    if png is None:
+        return _encode_png_pillow(a, png_text(kind), compress_level)
+    import struct
+    import zlib
+
+    chunks = b""
+    for key, value in png_text(kind).items():
+        body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")
+        chunks += struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    # signature (8 bytes) and IHDR (25) first, then our text, then the image data
+    return png[:33] + chunks + png[33:]
+
+
+def _encode_png_opencv(arr: np.ndarray, level: int) -> bytes | None:
+    import cv2
+
+    if not hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV before 4.11: Pillow
+        return None
+    if arr.ndim == 3:
+        if arr.shape[2] != 3:
+            return None
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, int(level),
+                                         cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG])
+    png = buf.tobytes() if ok else b""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
+        return None
+    return png
+
+
+def _encode_png_pillow(arr: np.ndarray, text: dict[str, str], level: int) -> bytes:
     import io
 
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from ..provenance import png_text
-
     info = PngInfo()
-    for key, value in png_text(kind).items():
+    for key, value in text.items():
         info.add_text(key, value)
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info, compress_level=level)
     return buf.getvalue()
