@@ -131,15 +131,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Weights files already hashed in this process, by (path, size, mtime): `analyze` checks
+# every model before it starts (require_models) and again as it loads each one.
+_verified: dict[tuple[str, int, int], str] = {}
+
+
 def verify_weights(card: ModelCard) -> Path:
-    """Check the weights file exists and matches the card's SHA-256."""
+    """Check the weights file exists and matches the card's SHA-256 (hashed once per process
+    while the file's size and modification time stay the same)."""
     path = card.weights_path
     if not path.is_file():
         raise ModelError("model weights file missing", path)
     try:
-        digest = sha256_file(path)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        digest = _verified.get(key) or sha256_file(path)
     except OSError as exc:
         raise ModelError(f"model weights unreadable: {exc}", path) from exc
+    if digest == card.sha256:
+        _verified[key] = digest
     if digest != card.sha256:
         raise ModelError(
             f"model weights do not match the card (sha256 {digest[:12]}..., card says "
