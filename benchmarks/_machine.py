@@ -89,20 +89,47 @@ def limit_isa(isa: str | None) -> None:
     os.environ["XRAYVIEWER_BENCH_MAX_ISA"] = isa
 
 
-def add_isa_argument(parser) -> None:  # noqa: ANN001 - argparse.ArgumentParser
+def add_isa_argument(parser) -> None:  # argparse.ArgumentParser
     parser.add_argument("--max-isa", choices=sorted(_ISA_LIMITS), default=None,
                         help="hide AVX-512 from oneDNN/numpy/OpenCV to approximate a CPU without it")
 
 
-def load_note() -> str:
-    """Whether the CPU was shared: 1-minute load average against the core count."""
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
     try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        return "load unknown"
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of the CPUs other processes kept busy over ``seconds`` (this one is asleep)."""
+    import time
+
+    a = _cpu_times()
+    time.sleep(seconds)
+    b = _cpu_times()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def load_note() -> str:
+    """Whether the CPU was shared: what other processes used in the second before the run
+    (the load average trails by minutes, and counts the previous benchmark too)."""
+    busy = busy_fraction()
     cores = os.cpu_count() or 1
-    shared = "shared (another job was running)" if load1 > 0.5 else "idle"
-    return f"load average {load1:.2f} on {cores} cores before the run: {shared}"
+    try:
+        load = f"load average {os.getloadavg()[0]:.2f}"
+    except OSError:
+        load = "load average unknown"
+    if busy is None:
+        return f"{load} on {cores} cores before the run"
+    shared = "shared (another job was running)" if busy > 0.15 else "idle"
+    return f"other processes kept the CPUs {busy:.0%} busy in the second before the run: {shared} ({load})"
 
 
 def describe() -> list[str]:
@@ -119,7 +146,7 @@ def describe() -> list[str]:
     return lines
 
 
-def log_machine(log) -> None:  # noqa: ANN001 - logging.Logger
+def log_machine(log) -> None:  # logging.Logger
     for line in describe():
         log.info("%s", line)
 
