@@ -13,7 +13,7 @@ from factories import read_gray
 from xrayviewer.errors import ModelError
 from xrayviewer.modellayer import modelstore
 from xrayviewer.modellayer.lung import MODEL_NAME, LungSegmenter
-from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG
+from xrayviewer.modellayer.postprocess import LEFT_LUNG, RIGHT_LUNG, working_shape
 
 # Full-val Dice of the bundled model at export (COVID-QU-Ex Val, 632 images); v1.0.0 reached
 # 0.9701 on the display input, v2.0.0 0.9683 on the robust input (a known, stated -0.002).
@@ -135,7 +135,9 @@ def test_output_at_full_resolution_and_batch(segmenter: LungSegmenter, data_dir:
     results = segmenter.segment_batch([img, big])
     assert results[0].labels.shape == img.shape
     assert results[1].labels.shape == (517, 333)
-    assert results[1].probability.shape == (517, 333)
+    # the probability (and the labels it was cleaned into) stay at the working resolution
+    assert results[1].probability.shape == results[1].work_labels.shape == working_shape((517, 333)) == (512, 330)
+    assert results[0].probability.shape == results[0].work_labels.shape == img.shape  # small: itself
     assert results[1].probability.dtype == np.float32
     assert results[1].labels.dtype == np.uint8
     # the same film at another size gives (nearly) the same relative lung area

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from xrayviewer.inference.result import Region
 from xrayviewer.rendering.overlay import (
@@ -70,3 +71,105 @@ def test_legend_lists_the_layers_present() -> None:
     assert everything.shape[0] > with_lungs.shape[0]  # five entries wrap onto more lines at 400 px
     nothing = compose_overlay(image, options=OverlayOptions(legend=True))
     assert nothing.shape == (400, 400, 3) and nothing.max() == 0  # no layers, no legend
+
+
+def _old_compose(display, *, lung_labels=None, opacity_mask=None, regions=(), heatmap=None, options=None):
+    """compose_overlay before issue 19: a full-size layer, blended, the legend stacked below."""
+    from dataclasses import replace
+
+    from xrayviewer.rendering.overlay import legend_strip
+
+    layer = overlay_layer(display.shape[:2], lung_labels=lung_labels, opacity_mask=opacity_mask, regions=regions,
+                          heatmap=heatmap, options=options)
+    out = blend(display, layer)
+    if options.legend:
+        present = replace(options, lungs=options.lungs and lung_labels is not None,
+                          opacity=options.opacity and opacity_mask is not None,
+                          boxes=options.boxes and opacity_mask is not None, heatmap=options.heatmap and heatmap is not None)
+        strip = legend_strip(out.shape[1], present)
+        if len(strip):
+            out = np.vstack([out, strip])
+    return out
+
+
+@pytest.mark.parametrize("legend,heat,lungs", [(True, True, True), (False, False, True), (True, False, False)])
+def test_overlay_blended_only_where_it_shows_is_pixel_identical(legend: bool, heat: bool, lungs: bool) -> None:
+    shape = (1300, 1100)
+    rng = np.random.default_rng(7)
+    display = rng.integers(0, 256, shape, dtype=np.uint8)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    labels = np.zeros(shape, np.uint8)
+    labels[((y - 650) / 450) ** 2 + ((x - 330) / 190) ** 2 < 1] = 1
+    labels[((y - 660) / 470) ** 2 + ((x - 780) / 200) ** 2 < 1] = 2
+    opacity = (((y - 800) / 120) ** 2 + ((x - 350) / 90) ** 2 < 1) | (((y - 500) / 60) ** 2 + ((x - 800) / 50) ** 2 < 1)
+    regions = (Region((260, 680, 441, 921), 30000, "right", 0.7), Region((750, 440, 851, 561), 9000, "left", 0.6))
+    heatmap = (rng.random(shape, np.float32) * (labels > 0)) if heat else None
+    opts = OverlayOptions(heatmap=heat, legend=legend, alpha=0.35, lungs=lungs)
+    kw = {"lung_labels": labels, "opacity_mask": opacity, "regions": regions, "heatmap": heatmap, "options": opts}
+    np.testing.assert_array_equal(compose_overlay(display, **kw), _old_compose(display, **kw))
+    # a region box at the image's edge, nothing else
+    edge = (Region((0, 0, 40, 30), 1200, "right", 0.5),)
+    kw = {"regions": edge, "options": OverlayOptions(legend=legend)}
+    np.testing.assert_array_equal(compose_overlay(display, **kw), _old_compose(display, **kw))
+
+
+def test_blend_in_place_equals_the_plain_formula_for_every_value() -> None:
+    """All 256 x 256 x 256 (base, colour, alpha) triples: the in-place 16-bit blend with the
+    shift division gives (base * (255 - a) + colour * a + 127) // 255."""
+    b, c, a = (v.reshape(4096, 4096).astype(np.uint16) for v in np.meshgrid(*[np.arange(256)] * 3, indexing="ij"))
+    layer = np.dstack([c, c, c, a]).astype(np.uint8)
+    expect = ((b * (255 - a) + c * a + 127) // 255).astype(np.uint8)
+    out = blend(b.astype(np.uint8), layer)
+    assert out.shape == (4096, 4096, 3)
+    for ch in range(3):
+        np.testing.assert_array_equal(out[..., ch], expect)
+
+
+
+def test_pdf_overlay_is_drawn_at_its_embedded_size() -> None:
+    """The report draws the overlay at the size it embeds (long side MAX_EMBED_PX) instead of
+    drawing a 2,000-pixel picture and shrinking it: same layers, in the same places."""
+    from types import SimpleNamespace
+
+    from xrayviewer.reporting.pdf import MAX_EMBED_PX, _embedded_overlay
+
+    rows, cols = 2100, 1800
+    display = np.full((rows, cols), 90, np.uint8)
+    labels = np.zeros((rows, cols), np.uint8)
+    labels[300:1800, 200:800] = 1
+    labels[300:1850, 1000:1600] = 2
+    opacity = np.zeros((rows, cols), bool)
+    opacity[900:1300, 300:600] = True
+    r = SimpleNamespace(lung_labels=labels, opacity_mask=opacity,
+                        regions=(Region((300, 900, 600, 1300), 120000, "right", 0.8),))
+    out = _embedded_overlay(display, r)
+    s = MAX_EMBED_PX / rows
+    assert out.shape == (MAX_EMBED_PX, round(cols * s), 3)
+    assert tuple(out[round(1100 * s), round(450 * s)]) != (90, 90, 90)  # the opacity fill
+    assert tuple(out[round(200 * s), round(900 * s)]) == (90, 90, 90)  # outside everything
+    assert (out == RIGHT_COLOR).all(axis=-1).any() and (out == LEFT_COLOR).all(axis=-1).any()
+    small = _embedded_overlay(display[:500, :400], SimpleNamespace(lung_labels=labels[:500, :400],
+                                                                  opacity_mask=None, regions=()))
+    assert small.shape == (500, 400, 3)  # below the embedded size: drawn as it is
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 3), (300, 200), (1, 1)])
+def test_png_bytes_decode_to_the_same_pixels_and_carry_our_marker(shape: tuple[int, ...], tmp_path) -> None:
+    """OpenCV's encoder with our tEXt chunks spliced in: a valid PNG (chunk CRCs checked by
+    Pillow), the exact pixels, and the marker provenance recognises."""
+    import io
+
+    from PIL import Image
+
+    from xrayviewer.provenance import own_output_reason
+    from xrayviewer.rendering.overlay import encode_png
+
+    arr = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(arr, "overlay")
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    np.testing.assert_array_equal(np.asarray(img), arr)
+    assert img.text["xrayviewer-output"] == "overlay"
+    assert data.index(b"tEXt") < data.index(b"IDAT")
+    (tmp_path / "x.png").write_bytes(data)
+    assert own_output_reason(tmp_path / "x.png")

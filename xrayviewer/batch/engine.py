@@ -1,9 +1,14 @@
 """The batch engine used by ``xrayviewer analyze`` and the GUI's batch dialog.
 
-Decoding runs in a thread pool that feeds batches to the analyzer, so a folder runs at the
-models' speed. Each image's outputs are written atomically, then its row goes to the
-journal; results.csv / results.jsonl are rebuilt atomically from the journal. Killing the
-process at any point and re-running with the same --out loses and duplicates nothing.
+Three stages overlap: a prefetching loader (:class:`~xrayviewer.batch.prefetch.Prefetcher`,
+``jobs`` threads) reads, hashes and decodes ahead of the models, with a bound on the decoded
+bytes waiting; the models analyse one batch (up to ``batch_size`` films and
+``max_batch_pixels`` pixels, started with the films that are ready rather than waiting for a
+full batch); one writer thread writes the previous batch's outputs meanwhile. The models
+load (``Analyzer.preload``) while the first files decode. Each image's outputs are written
+atomically, then its row goes to the journal, in input order within a batch;
+results.csv / results.jsonl are rebuilt atomically from the journal. Killing the process at
+any point and re-running with the same --out loses and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from ..inference.control import AnalysisCancelled, CancelToken
 from ..inference.result import CSV_COLUMNS, AnalysisResult, unanalysed_record
 from ..provenance import DEFAULT_FORMATS, JOURNAL_NAME, OUTPUT_SUFFIXES, is_output_folder, own_output_reason
 from .journal import Journal
+from .prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,12 @@ class BatchOptions:
     jobs: int = 2  # decode threads
     batch_size: int = 8
     phi: bool = False  # keep patient-identifying names in outputs (off: de-identified)
+    # Memory bounds that do not grow with the films' size: pixels per model batch (a batch
+    # closes once it holds this many: two 2,000-pixel films, five 1,024-pixel ones, up to
+    # batch_size 256-pixel PNGs) and decoded bytes waiting in the prefetch queue (about four
+    # 2,000-pixel films). Larger bounds measured no faster on 2 cores, only bigger.
+    max_batch_pixels: int = 4_500_000
+    prefetch_bytes: int = 48 * 2**20
 
 
 @dataclass(frozen=True)
@@ -247,12 +258,15 @@ def write_image_outputs(result: AnalysisResult, image: XRayImage, paths: dict[st
     )
     atomic_write_bytes(paths["overlay"], encode_png(overlay, "overlay"))
     written.append(str(paths["overlay"]))
+    del overlay  # the full-size RGB picture: gone before the masks are encoded
     if result.lung_labels is not None:
-        atomic_write_bytes(paths["lung"], encode_png(result.lung_labels.astype(np.uint8), "lung-labels"))
+        atomic_write_bytes(paths["lung"], encode_png(np.asarray(result.lung_labels, np.uint8), "lung-labels"))
         written.append(str(paths["lung"]))
     if result.opacity_mask is not None:
-        atomic_write_bytes(paths["opacity"], encode_png((result.opacity_mask > 0).astype(np.uint8) * 255,
-                                                          "opacity-mask"))
+        mask = np.asarray(result.opacity_mask)
+        mask8 = np.multiply(mask, np.uint8(255), dtype=np.uint8) if mask.dtype == bool else \
+            (mask > 0).astype(np.uint8) * np.uint8(255)
+        atomic_write_bytes(paths["opacity"], encode_png(mask8, "opacity-mask"))
         written.append(str(paths["opacity"]))
     return written
 
@@ -286,6 +300,8 @@ def load_item(item: BatchItem, is_done: Callable[[str], bool] | None = None, *,
         return out
     try:
         out.image = load_image(data, name=str(item.path))
+        del data
+        out.image.pixel_sha256()  # hashed here, in the decode thread (cached on the image)
     except NotARadiographError as exc:
         out.refusal = exc
     except XRayViewerError as exc:
@@ -383,6 +399,16 @@ def result_row(loaded: _Loaded, res: AnalysisResult | BaseException, options: Ba
     return record
 
 
+def _pixels(loaded: _Loaded) -> int:
+    return int(loaded.image.values.size) if loaded.image is not None else 0
+
+
+def _decoded_bytes(loaded: _Loaded) -> int:
+    """What a decoded film holds in memory while it waits (its values and display image)."""
+    img = loaded.image
+    return 0 if img is None else int(img.values.nbytes) + int(np.asarray(img.display).nbytes)
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -407,55 +433,69 @@ class BatchRunner:
         opts = self.options
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         models = self.analyzer.models_key()
+        preload = getattr(self.analyzer, "preload", None)
+        if callable(preload):
+            preload()  # TensorFlow and the models load while the first files decode
         summary = BatchSummary(total=len(items))
         t_start = time.perf_counter()
         done = 0
-        pending: deque[Future[_Loaded]] = deque()
-        queue_iter = iter(items)
         window = max(2, opts.jobs * 2 + opts.batch_size)
+        writing: list[tuple[_Loaded, Future[dict[str, Any]]]] = []  # the previous batch's outputs
 
         def report(current: str) -> None:
             if self.progress:
                 self.progress(BatchProgress(done, len(items), summary.skipped, summary.errors, current,
                                             time.perf_counter() - t_start))
 
-        with ThreadPoolExecutor(max_workers=max(1, opts.jobs), thread_name_prefix="xrayviewer-decode") as pool:
-            def refill() -> None:
-                while len(pending) < window:
-                    try:
-                        it = next(queue_iter)
-                    except StopIteration:
-                        return
-                    pending.append(pool.submit(self._load, it, models))
+        def commit_written() -> None:
+            """Journal the previous batch once its outputs are written, in input order."""
+            nonlocal done
+            while writing:
+                b, fut = writing.pop(0)
+                self._commit(b.item.key, b.sha256, fut.result(), models, summary)
+                done += 1
+                if not writing:
+                    report(str(b.item.path))
 
-            refill()
+        loads: Prefetcher[BatchItem, _Loaded] = Prefetcher(
+            items, lambda it: self._load(it, models), workers=opts.jobs, window=window,
+            budget=opts.prefetch_bytes, cost=_decoded_bytes, thread_name_prefix="xrayviewer-decode")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrayviewer-write")
+        try:
             batch: list[_Loaded] = []
-            try:
-                while pending or batch:
-                    self.cancel.check()
-                    while pending and len(batch) < opts.batch_size:
-                        loaded = pending.popleft().result()
-                        refill()
-                        if loaded.skip:
-                            summary.skipped += 1
-                            done += 1
-                            report(str(loaded.item.path))
-                        elif loaded.error is not None or loaded.refusal is not None:
-                            self._commit(loaded.item.key, loaded.sha256, unanalysed_row(loaded, opts), models, summary)
-                            done += 1
-                            report(str(loaded.item.path))
-                        else:
-                            batch.append(loaded)
-                    if batch:
-                        for b, res in zip(batch, analyze_loaded(self.analyzer, batch, self.cancel)):
-                            self._commit(b.item.key, b.sha256, result_row(b, res, opts), models, summary)
-                        done += len(batch)
-                        report(str(batch[-1].item.path))
-                        batch = []
-            except AnalysisCancelled:
-                summary.cancelled = True
-                for f in pending:
-                    f.cancel()
+            pixels = 0
+            while loads.pending() or batch:
+                self.cancel.check()
+                # Fill the batch with what is decoded; wait only for its first film.
+                while (loads.pending() and len(batch) < opts.batch_size and pixels < opts.max_batch_pixels
+                       and (not batch or loads.ready())):
+                    try:
+                        loaded = loads.take()
+                    except StopIteration:
+                        break
+                    if loaded.skip:
+                        summary.skipped += 1
+                        done += 1
+                        report(str(loaded.item.path))
+                    elif loaded.error is not None or loaded.refusal is not None:
+                        self._commit(loaded.item.key, loaded.sha256, unanalysed_row(loaded, opts), models, summary)
+                        done += 1
+                        report(str(loaded.item.path))
+                    else:
+                        batch.append(loaded)
+                        pixels += _pixels(loaded)
+                if batch:
+                    results = analyze_loaded(self.analyzer, batch, self.cancel)
+                    commit_written()
+                    writing.extend((b, writer.submit(result_row, b, res, opts)) for b, res in zip(batch, results))
+                    batch, pixels = [], 0
+            commit_written()
+        except AnalysisCancelled:
+            summary.cancelled = True
+            commit_written()  # outputs already being written still count
+        finally:
+            loads.close()
+            writer.shutdown(wait=True)
         summary.seconds = time.perf_counter() - t_start
         self._write_summaries(items, summary)
         return summary

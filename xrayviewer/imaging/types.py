@@ -154,12 +154,18 @@ class XRayImage:
 
     def pixel_sha256(self) -> str:
         """SHA-256 of the decoded pixels (dtype, shape and modality values): identifies the
-        *image*, whatever file, container or lossless encoding it came in."""
+        *image*, whatever file, container or lossless encoding it came in. Computed once
+        (the batch engine does it while decoding), straight from the array's buffer."""
+        cached = self.__dict__.get("_pixel_sha256")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         v = np.ascontiguousarray(self.values)
         h.update(f"{v.dtype.str}{v.shape}".encode())
-        h.update(v.tobytes())
-        return h.hexdigest()
+        h.update(memoryview(v).cast("B"))  # no copy of the pixels
+        digest = h.hexdigest()
+        object.__setattr__(self, "_pixel_sha256", digest)  # frozen dataclass: a cache, not a field
+        return digest
 
     def render(self, window: WindowPreset | None = None, *, invert: bool | None = None) -> np.ndarray:
         """Display image (uint8) for another window and/or inversion state.

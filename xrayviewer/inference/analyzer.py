@@ -90,6 +90,8 @@ class Analyzer:
         self.heatmap = heatmap
         self.device: str | None = None
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time (preload thread, analysis)
+        self._preload: threading.Thread | None = None
         self._gate: Any = None
         self._lung: Any = None
         self._classifier: Any = None
@@ -125,10 +127,36 @@ class Analyzer:
     def has_tuberculosis(self) -> bool:
         return self._tb is not None
 
+    def preload(self) -> None:
+        """Start loading TensorFlow and the models in a background thread and return at once,
+        so that decoding the first files overlaps the start-up (the batch engine calls it). A
+        failure is not raised here: the analysis's own :meth:`load` raises it."""
+        if self.loaded or self._preload is not None:
+            return
+
+        def run() -> None:
+            try:
+                self.load()
+            except Exception as exc:  # noqa: BLE001 - reported by the analysis's own load()
+                log.debug("preloading the models failed (%s); the analysis will report it", exc)
+
+        # Not a daemon: a process that ends before the models were needed (every file failed
+        # to decode) waits for the import to finish rather than tearing it down half-way.
+        self._preload = threading.Thread(target=run, name="xrayviewer-preload", daemon=False)
+        self._preload.start()
+
     def load(self, progress: ProgressFn | None = None) -> None:
-        """Configure the device and load all models (idempotent)."""
+        """Configure the device and load all models (idempotent; a load already running in
+        another thread, e.g. :meth:`preload`'s, is waited for)."""
         if self.loaded:
             return
+        with self._load_lock:
+            if self.loaded:
+                report(progress, STAGES[0], 1.0)
+                return
+            self._load(progress)
+
+    def _load(self, progress: ProgressFn | None) -> None:
         from ..modellayer.classifier import DiseaseClassifier
         from ..modellayer.gate import DomainGate
         from ..modellayer.lung import LungSegmenter
@@ -157,11 +185,31 @@ class Analyzer:
             tb = TuberculosisHead(classifier, models_root=self.models_root)
         else:
             log.warning(TB_MISSING)
+        report(progress, STAGES[0], 0.85)
+        t = time.perf_counter()
+        self._warm_up(gate, lung, classifier, opacity)
+        log.info("inference graphs ready in %.2f s", time.perf_counter() - t)
         # Assigned together, last: a failure above leaves the Analyzer unloaded, not half-loaded.
         self._gate, self._lung, self._opacity, self._tb = gate, lung, opacity, tb
         self._classifier = classifier
         report(progress, STAGES[0], 1.0)
         log.info("models loaded on %s", self.device)
+
+    def _warm_up(self, gate: Any, lung: Any, classifier: Any, opacity: Any) -> None:
+        """Build each model's inference graph (``modelstore.GraphInference``) now, with a blank
+        film through every stage, rather than in the first analysis: the batch engine's
+        preload and the viewer's start-up load the models in the background, so the first
+        result waits for none of it. Nothing to do with graphs off (``XRAYVIEWER_GRAPH=0``)."""
+        from ..modellayer.modelstore import graph_enabled
+
+        if not graph_enabled():
+            return
+        blank = np.zeros((lung.input_size, lung.input_size), np.uint8)
+        gate.screen([blank])
+        labels = lung.segment_batch([blank])[0].labels
+        classifier.predict_batch([blank], lung_masks=[labels > 0], heatmap=self.heatmap)
+        if opacity is not None:
+            opacity.analyze_batch([blank], [labels])
 
     # ------------------------------------------------------------------ analysis
     def analyze(self, image: XRayImage, *, progress: ProgressFn | None = None,
@@ -203,7 +251,7 @@ class Analyzer:
         lungs: dict[int, Any] = {}
         # One model input per film (xrayviewer.modellayer.preprocessing): modality values, never the
         # display window; each model takes the normalisation its card names from it.
-        films = {i: film_input(images[i]) for i in todo}
+        films = {i: film_input(images[i], sizes=(self._lung.input_size,)) for i in todo}
         if todo:
             for i, res in zip(todo, self._lung.segment_batch([films[i] for i in todo])):
                 lungs[i] = res

@@ -180,6 +180,8 @@ class DiseaseClassifier(BundledModel):
         except ValueError as exc:
             raise ModelError(f"classifier lacks layer {exc}", self.card.weights_path) from exc
         self._multi = keras.Model(self.model.input, outputs)
+        self._multi_infer = modelstore.inference_function(self._multi)
+        self._cam_graph: Any = None  # the Grad-CAM pass as one graph, built on first use
         self.embedding_stats = self._load_embedding_stats()
 
     def _load_embedding_stats(self) -> dict[str, np.ndarray] | None:
@@ -247,7 +249,7 @@ class DiseaseClassifier(BundledModel):
                     heat = self._cam_to_image(cams[k], box, g.shape[:2], m)
                     out.append(self._result(logits[k], emb[k], heat, m is not None))
                 continue
-            _, emb, logits = self._multi(x, training=False)
+            _, emb, logits = self._multi_infer(x, training=False)
             for lg, e in zip(np.asarray(logits, np.float64), np.asarray(emb)):
                 out.append(self._result(lg, e, None, False))
         return out
@@ -270,6 +272,20 @@ class DiseaseClassifier(BundledModel):
         import tensorflow as tf  # lazy
 
         xt = tf.convert_to_tensor(x, tf.float32)
+        if not modelstore.graph_enabled():
+            logits, emb, cam = self._grad_cam_pass(xt)
+        else:
+            if self._cam_graph is None:  # traced once (batch size free), like the models
+                spec = tf.TensorSpec((None, *tuple(self._multi.input_shape)[1:]), tf.float32)
+                self._cam_graph = tf.function(self._grad_cam_pass, input_signature=[spec])
+            logits, emb, cam = self._cam_graph(xt)
+        return (np.asarray(logits, np.float64), np.asarray(emb, np.float32),
+                np.asarray(cam, np.float32))
+
+    def _grad_cam_pass(self, xt: Any) -> tuple[Any, Any, Any]:
+        """Logits, embeddings and CAMs of a batch (TensorFlow tensors; eager or traced)."""
+        import tensorflow as tf  # lazy
+
         with tf.GradientTape() as tape:
             # Trainable weights are watched, so the path feats -> logits is recorded.
             feats, emb, logits = self._multi(xt, training=False)
@@ -282,8 +298,7 @@ class DiseaseClassifier(BundledModel):
                              self.card.weights_path)
         weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))
-        return (np.asarray(logits, np.float64), np.asarray(emb, np.float32),
-                np.asarray(cam, np.float32))
+        return logits, emb, cam
 
     @staticmethod
     def _cam_to_image(cam: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],
@@ -291,13 +306,16 @@ class DiseaseClassifier(BundledModel):
         """Feature-resolution CAM -> [0, 1] map at the image's (rows, cols), lung-masked."""
         r0, r1, c0, c1 = box
         heat = np.zeros(shape, np.float32)
-        heat[r0:r1, c0:c1] = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
-        heat = np.maximum(heat, 0.0)
+        inside = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
+        heat[r0:r1, c0:c1] = np.maximum(inside, 0.0, out=inside)
+        # In place from here on: one full-size array per heatmap, no float temporaries.
         if lung_mask is not None:
             m = np.asarray(lung_mask)
             if m.shape != shape:
                 m = resize(m.astype(np.float32), shape) > 0.5
-            heat *= (m > 0).astype(np.float32)
-        peak = float(heat.max())
-        return heat / peak if peak > 0 else heat
+            np.multiply(heat, m if m.dtype == bool else m > 0, out=heat)
+        peak = float(heat[r0:r1, c0:c1].max(initial=0.0))
+        if peak > 0:
+            heat /= np.float32(peak)
+        return heat
 

@@ -65,16 +65,23 @@ def forward(model: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
 
 
-def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
-                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
-    """Model-resolution probabilities resized back to each image's full resolution."""
+def predict_model_maps(model: Any, images: Sequence[Any], input_size: int,
+                       batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
+    """The model's probability maps at its own resolution, (S, S) float32 per image."""
     out: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         x = np.stack([prepare_for_model(img, input_size, normalization) for img in chunk])
-        for img, p in zip(chunk, forward(model, x)):
-            out.append(mask_to_full_resolution(p, image_shape(img)))
+        out.extend(p[..., 0] if p.ndim == 3 else p for p in forward(model, x))
     return out
+
+
+def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
+                          batch_size: int = 8, normalization: str = LEGACY) -> list[np.ndarray]:
+    """Model-resolution probabilities resized back to each image's full resolution (the
+    training evaluation's path)."""
+    maps = predict_model_maps(model, images, input_size, batch_size, normalization)
+    return [mask_to_full_resolution(p, image_shape(img)) for img, p in zip(images, maps)]
 
 
 # ------------------------------------------------------------------ loaded model

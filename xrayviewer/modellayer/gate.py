@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import modelstore
 from .cards import CardFields
 from .common import BundledModel, forward, mahalanobis, softmax
 from .preprocessing import prepare_for_model
@@ -135,6 +136,7 @@ class DomainGate(BundledModel):
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
         # Minimum P(frontal chest X-ray) to pass stage 2 (chosen on validation).
         self.threshold = float(self.card.threshold)
 
@@ -143,7 +145,7 @@ class DomainGate(BundledModel):
         out = []
         for start in range(0, len(grays), batch_size):
             x = np.stack([prepare_for_model(g, self.input_size) for g in grays[start:start + batch_size]])
-            out.append(softmax(forward(self.model, x)))
+            out.append(softmax(forward(self._infer, x)))
         return np.concatenate(out) if out else np.zeros((0, len(GATE_CLASSES)))
 
     def _cnn_verdict(self, probs: np.ndarray) -> GateVerdict:

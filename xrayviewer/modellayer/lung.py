@@ -1,8 +1,9 @@
 """Lung-field segmentation with the bundled U-Net.
 
 Input: films (an ``XRayImage``, a :class:`~xrayviewer.modellayer.preprocessing.FilmInput` or a 2-D
-grey array, any size). Output: per image, the lung probability at the input's full
-resolution and a label mask 0/1/2 (1 = patient's right lung = image left). The model sees
+grey array, any size). Output: per image, the lung probability and a label mask 0/1/2
+(1 = patient's right lung = image left) at the post-processing's working resolution, and
+the label mask at the input's full resolution (:mod:`xrayviewer.modellayer.postprocess`). The model sees
 exactly the training preprocessing (:func:`prepare_for_model` with the normalisation its
 card names).
 """
@@ -12,13 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import modelstore
 from .cards import CardFields
-from .common import BundledModel, predict_probabilities
-from .postprocess import BACKGROUND, LABEL_NAMES, LEFT_LUNG, RIGHT_LUNG, lung_labels
+from .common import BundledModel, image_shape, predict_model_maps
+from .postprocess import BACKGROUND, LABEL_NAMES, LEFT_LUNG, RIGHT_LUNG, lung_labels, upscale_labels, working_shape
+from .preprocessing import mask_to_full_resolution
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,13 @@ MODEL_NAME = "lung_unet"
 
 @dataclass(frozen=True)
 class LungResult:
-    """Segmentation of one image, at the image's own (rows, cols)."""
+    """Segmentation of one image: ``labels`` at the image's own (rows, cols); ``probability``
+    and ``work_labels`` at the working resolution (the image's own size up to
+    ``postprocess.WORKING_SIDE`` pixels, where the three share one shape)."""
 
-    probability: np.ndarray  # float32 in [0, 1]
-    labels: np.ndarray  # uint8: 0 background, 1 right lung, 2 left lung
+    probability: np.ndarray  # float32 in [0, 1], working resolution
+    labels: np.ndarray  # uint8: 0 background, 1 right lung, 2 left lung; full resolution
+    work_labels: np.ndarray | None = None  # the labels at the working resolution
 
     @property
     def mask(self) -> np.ndarray:
@@ -62,20 +69,33 @@ class LungCard:
         return cls(labels)
 
 
+def lung_result(model_map: np.ndarray, shape: tuple[int, int], threshold: float) -> LungResult:
+    """A model-resolution map -> :class:`LungResult` for an image of ``shape``: the map
+    resized to the working resolution, cleaned and split there (:func:`lung_labels`), and
+    only the final labels brought to full size. Films up to the working side: exactly
+    ``lung_labels(mask_to_full_resolution(map, shape))``."""
+    prob = mask_to_full_resolution(model_map, working_shape(shape))
+    work = lung_labels(prob, threshold)
+    return LungResult(prob, upscale_labels(work, shape), work)
+
+
 class LungSegmenter(BundledModel):
     """Loads the bundled lung model once (verified against its card) and segments images."""
 
     model_name = MODEL_NAME
     card_section = LungCard
 
+    def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
+        super().__init__(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
+
     def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
         """Segment several films (arrays must be 2-D grey; any size)."""
         for img in images:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
-        probs = predict_probabilities(self.model, images, self.input_size, batch_size,
-                                      self.normalization)
-        return [LungResult(p, lung_labels(p, self.card.threshold)) for p in probs]
+        maps = predict_model_maps(self._infer, images, self.input_size, batch_size, self.normalization)
+        return [lung_result(p, image_shape(img), self.card.threshold) for img, p in zip(images, maps)]
 
     def segment(self, image: np.ndarray) -> LungResult:
         """Segment one 2-D grey image."""

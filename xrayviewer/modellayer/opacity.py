@@ -6,6 +6,9 @@ Two layers, so the figures can be computed (and tested) without TensorFlow:
   probability map and the lung label mask from :mod:`xrayviewer.modellayer.lung` (0 background,
   1 patient's right lung = image left, 2 left lung) and returns a frozen
   :class:`OpacityResult`.
+* :func:`analyze_model_map` -- the same figures straight from the model's map and its
+  crop box, without building full-size float maps (what the app runs; on large films the
+  chain of full-size copies was most of the stage's time and memory).
 * :class:`OpacityDetector` -- loads the bundled generator (``models/opacity_generator``,
   verified against its card) and feeds it exactly the training preprocessing: the film in
   the normalisation its card names and, when the card says ``input_crop: lung-box``, only
@@ -42,9 +45,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from . import modelstore
 from .cards import CardFields
-from .common import BundledModel, forward, image_shape
-from .postprocess import LEFT_LUNG, RIGHT_LUNG
+from .common import BundledModel, image_shape
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, downscale_labels, working_shape
 from .preprocessing import LEGACY, ROBUST, film_input, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
@@ -75,7 +79,10 @@ class OpacityRegion:
 
 @dataclass(frozen=True)
 class OpacityResult:
-    """Opacity analysis of one image. Arrays are read-only, at the image's (rows, cols)."""
+    """Opacity analysis of one image. Arrays are read-only; ``mask`` at the image's (rows,
+    cols), ``probability`` at the working resolution from :func:`analyze_model_map` (the
+    image's own size up to ``postprocess.WORKING_SIDE``), the size given to
+    :func:`analyze_probability`."""
 
     probability: np.ndarray  # float32 in [0, 1], zero outside the lung field
     mask: np.ndarray  # bool, thresholded, inside the lung, specks below min area removed
@@ -269,6 +276,97 @@ def apply_film_rule(result: OpacityResult, rule: str | None, top_class: str | No
         min_area_px=result.min_area_px, withheld_regions=len(result.regions))
 
 
+def analyze_model_map(model_map: np.ndarray, box: tuple[int, int, int, int] | None, lung_labels: np.ndarray,
+                      threshold: float = DEFAULT_THRESHOLD,
+                      min_region_fraction: float = DEFAULT_MIN_REGION_FRACTION) -> OpacityResult:
+    """:func:`analyze_probability` of the full-resolution map :func:`predict_maps` would paste
+    from ``model_map`` into ``box`` (None: the whole image), without building it.
+
+    The same numbers, decided where they were (the map's values, the threshold and the
+    regions at full resolution), in one pass instead of a chain of full-size float copies:
+    the map is interpolated over the box only (one transient float array, never kept),
+    thresholded inside the lungs' bounding box, and the regions come from OpenCV's one-pass
+    8-connected labelling with statistics (areas and boxes, 16-bit labels). The
+    result's ``probability`` is kept at the working resolution
+    (:func:`~xrayviewer.modellayer.postprocess.working_shape`) only.
+    """
+    import cv2
+
+    labels = np.asarray(lung_labels)
+    if labels.ndim != 2:
+        raise ValueError(f"lung labels must be a 2-D array, got shape {labels.shape}")
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    bx0, by0, bx1, by1 = box if box is not None else (0, 0, shape[1], shape[0])
+    area = min_area_px(shape, min_region_fraction)
+    mask = np.zeros(shape, bool)
+    regions: list[OpacityRegion] = []
+    lung_rows = np.flatnonzero(labels.any(axis=1))
+    roi_map = None
+    if len(lung_rows):
+        lung_cols = np.flatnonzero(labels.any(axis=0))
+        # opacity is only counted inside the lungs: the part of the box that holds lung pixels
+        x0, x1 = max(bx0, int(lung_cols[0])), min(bx1, int(lung_cols[-1]) + 1)
+        y0, y1 = max(by0, int(lung_rows[0])), min(by1, int(lung_rows[-1]) + 1)
+        if x1 > x0 and y1 > y0:
+            roi_map = mask_to_full_resolution(model_map, (by1 - by0, bx1 - bx0))
+            prob = roi_map[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+            hit = prob > threshold
+            hit &= labels[y0:y1, x0:x1] > 0
+            try:
+                n, cc, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
+                                                                           ltype=cv2.CV_16U)
+            except cv2.error:  # more than 65,535 regions: 32-bit labels
+                n, cc, stats, _ = cv2.connectedComponentsWithStats(hit.view(np.uint8), connectivity=8,
+                                                                           ltype=cv2.CV_32S)
+            keep = np.zeros(n, bool)
+            keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= area
+            if keep.any():
+                sub = labels[y0:y1, x0:x1]
+                for k in np.flatnonzero(keep):
+                    # each region's figures as find_regions computes them, over its own box
+                    x, y, w, h, a = (int(v) for v in stats[k])
+                    sl = (slice(y, y + h), slice(x, x + w))
+                    comp = cc[sl] == k
+                    sides = sub[sl][comp]
+                    n_right = int(np.count_nonzero(sides == RIGHT_LUNG))
+                    n_left = int(np.count_nonzero(sides == LEFT_LUNG))
+                    ys, xs = np.nonzero(comp)
+                    regions.append(OpacityRegion(
+                        bbox=(x + x0, y + y0, x + w + x0, y + h + y0), area_px=a,
+                        side="right" if n_right >= n_left else "left",
+                        mean_probability=float(prob[sl][comp].mean()),
+                        centroid=(float(xs.mean() + (x + x0)), float(ys.mean() + (y + y0))),
+                    ))
+                mask[y0:y1, x0:x1] = hit if keep[1:].all() else keep[cc]
+            del hit, prob
+    regions.sort(key=lambda r: -r.area_px)
+    lung_px, opac_px, pct = involvement(mask, labels)
+    # Scored from the mask itself: a region spilling over the midline counts in both lungs.
+    scores = {side: extent_score(pct[side], opac_px[side] > 0) for side in ("right", "left")}
+    scores["total"] = scores["right"] + scores["left"]
+    work = _working_probability(model_map, (bx0, by0, bx1, by1), labels)
+    del roi_map
+    mask.setflags(write=False)  # made here: frozen without a copy
+    return OpacityResult(
+        probability=work, mask=mask, regions=tuple(regions),
+        lung_area_px=lung_px, opacity_area_px=opac_px, involvement_pct=pct,
+        extent_score=scores, grade=severity_grade(pct["total"], bool(regions)),
+        threshold=float(threshold), min_area_px=area,
+    )
+
+
+def _working_probability(model_map: np.ndarray, box: tuple[int, int, int, int], labels: np.ndarray) -> np.ndarray:
+    """The probability map at the working resolution, zero outside the lungs (read-only)."""
+    shape = (int(labels.shape[0]), int(labels.shape[1]))
+    ws = working_shape(shape)
+    x0, y0, x1, y1 = _scale_box(box, shape, ws)
+    prob = np.zeros(ws, np.float32)
+    prob[y0:y1, x0:x1] = mask_to_full_resolution(model_map, (y1 - y0, x1 - x0))
+    prob[downscale_labels(labels, ws) == 0] = 0.0
+    prob.setflags(write=False)
+    return prob
+
+
 # ---------------------------------------------------------------- model input
 LUNG_BOX_MARGIN = 0.06  # fraction of the box's width/height added on each side
 
@@ -290,9 +388,9 @@ def lung_box(lung_labels: np.ndarray | None, shape: tuple[int, int],
     return (max(0, x0 - mx), max(0, y0 - my), min(cols, x1 + mx), min(rows, y1 + my))
 
 
-def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, int, int, int] | None],
-                 input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
-    """Full-resolution probability maps of the generator for films and crop boxes.
+def predict_model_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, int, int, int] | None],
+                       input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
+    """The generator's maps at its own resolution, (S, S) float32, for films and crop boxes.
 
     ``films`` are :class:`~xrayviewer.modellayer.preprocessing.FilmInput` (robust input) or display
     arrays (legacy input, boxes must be ``None``). Shared by the app and the training
@@ -303,25 +401,52 @@ def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, in
         chunk = list(films[start:start + batch_size])
         bchunk = list(boxes[start:start + batch_size])
         xs = []
-        for i, (film, box) in enumerate(zip(chunk, bchunk)):
+        for film, box in zip(chunk, bchunk):
             if normalization == ROBUST:
                 if not hasattr(film, "model_array"):
-                    chunk[i] = film = film_input(film)
+                    film = film_input(film)
                 xs.append(film.model_array(input_size, box))
             else:
                 if box is not None:
                     raise ValueError("lung-box crops need the robust input")
                 xs.append(prepare_for_model(film, input_size, normalization))
-        for film, box, p in zip(chunk, bchunk, forward(model, np.stack(xs))):
-            shape = image_shape(film)
-            if box is None:
-                out.append(mask_to_full_resolution(p, shape))
-                continue
-            x0, y0, x1, y1 = box
-            full = np.zeros(shape, np.float32)
-            full[y0:y1, x0:x1] = mask_to_full_resolution(p, (y1 - y0, x1 - x0))
-            out.append(full)
+        y = model(np.stack(xs), training=False)
+        prob = np.asarray(y.numpy() if hasattr(y, "numpy") else y, dtype=np.float32)
+        out.extend(p[..., 0] if p.ndim == 3 else p for p in prob)
     return out
+
+
+def predict_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, int, int, int] | None],
+                 input_size: int, normalization: str, batch_size: int = 8) -> list[np.ndarray]:
+    """Full-resolution probability maps of the generator for films and crop boxes.
+
+    ``films`` are :class:`~xrayviewer.modellayer.preprocessing.FilmInput` (robust input) or display
+    arrays (legacy input, boxes must be ``None``). The training evaluation's path
+    (:func:`analyze_probability` on these maps gives what :func:`analyze_model_map` gives).
+    """
+    out: list[np.ndarray] = []
+    for film, box, p in zip(films, boxes, predict_model_maps(model, films, boxes, input_size, normalization,
+                                                              batch_size)):
+        shape = image_shape(film)
+        if box is None:
+            out.append(mask_to_full_resolution(p, shape))
+            continue
+        x0, y0, x1, y1 = box
+        full = np.zeros(shape, np.float32)
+        full[y0:y1, x0:x1] = mask_to_full_resolution(p, (y1 - y0, x1 - x0))
+        out.append(full)
+    return out
+
+
+def _scale_box(box: tuple[int, int, int, int], full: tuple[int, int], shape: tuple[int, int]
+               ) -> tuple[int, int, int, int]:
+    """A full-resolution box (x0, y0, x1, y1) in the pixels of ``shape`` (at least one pixel)."""
+    if tuple(shape) == tuple(full):
+        return box
+    sy, sx = shape[0] / full[0], shape[1] / full[1]
+    x0, y0, x1, y1 = box
+    bx0, by0 = min(shape[1] - 1, round(x0 * sx)), min(shape[0] - 1, round(y0 * sy))
+    return (bx0, by0, max(bx0 + 1, min(shape[1], round(x1 * sx))), max(by0 + 1, min(shape[0], round(y1 * sy))))
 
 
 # ---------------------------------------------------------------- model
@@ -357,6 +482,7 @@ class OpacityDetector(BundledModel):
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)
+        self._infer = modelstore.inference_function(self.model)
         self.min_region_fraction = self.card.section.min_region_fraction
         #: The card's film-level rule (:func:`apply_film_rule`), or None.
         self.film_rule: str | None = self.card.section.film_rule
@@ -365,30 +491,39 @@ class OpacityDetector(BundledModel):
     def crops_to_lungs(self) -> bool:
         return self.card.section.input_crop == "lung-box"
 
-    def probabilities(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None,
-                      batch_size: int = 8) -> list[np.ndarray]:
-        """Raw full-resolution probabilities (not yet restricted to the lung)."""
+    def boxes(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None
+              ) -> list[tuple[int, int, int, int] | None]:
+        """The model's crop box of each film (None: the whole film)."""
+        if not self.crops_to_lungs:
+            return [None] * len(images)
+        labels = lung_labels if lung_labels is not None else [None] * len(images)
+        margin = self.card.section.crop_margin
+        return [lung_box(lab, image_shape(img), margin) for img, lab in zip(images, labels)]
+
+    def _check(self, images: Sequence[Any]) -> None:
         for img in images:
             if isinstance(img, np.ndarray) and img.ndim != 2:
                 raise ValueError(f"expected 2-D grey images, got shape {img.shape}")
-        if self.crops_to_lungs:
-            labels = lung_labels if lung_labels is not None else [None] * len(images)
-            margin = self.card.section.crop_margin
-            boxes: list[tuple[int, int, int, int] | None] = [
-                lung_box(lab, image_shape(img), margin) for img, lab in zip(images, labels)]
-        else:
-            boxes = [None] * len(images)
-        return predict_maps(self.model, images, boxes, self.input_size, self.normalization, batch_size)
+
+    def probabilities(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray | None] | None = None,
+                      batch_size: int = 8) -> list[np.ndarray]:
+        """Raw full-resolution probabilities (not yet restricted to the lung)."""
+        self._check(images)
+        return predict_maps(self._infer, images, self.boxes(images, lung_labels), self.input_size,
+                            self.normalization, batch_size)
 
     def analyze_batch(self, images: Sequence[Any], lung_labels: Sequence[np.ndarray],
                       batch_size: int = 8) -> list[OpacityResult]:
         """Analyse films (FilmInput, XRayImage or 2-D arrays, any size) given each one's
-        full-resolution lung labels."""
+        full-resolution lung labels (:func:`analyze_model_map`: the figures of
+        :func:`analyze_probability` without full-size float maps)."""
         if len(images) != len(lung_labels):
             raise ValueError("one lung label mask per image is required")
-        probs = self.probabilities(images, lung_labels, batch_size)
-        return [analyze_probability(p, lab, self.card.threshold, self.min_region_fraction)
-                for p, lab in zip(probs, lung_labels)]
+        self._check(images)
+        boxes = self.boxes(images, lung_labels)
+        maps = predict_model_maps(self._infer, images, boxes, self.input_size, self.normalization, batch_size)
+        return [analyze_model_map(m, box, lab, self.card.threshold, self.min_region_fraction)
+                for m, box, lab in zip(maps, boxes, lung_labels)]
 
     def analyze(self, image: Any, lung_labels: np.ndarray) -> OpacityResult:
         """Analyse one film given its full-resolution lung label mask (0/1/2)."""

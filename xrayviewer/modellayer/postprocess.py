@@ -1,5 +1,12 @@
 """Lung-mask cleanup: threshold, two largest components, hole filling, right/left split.
 
+Post-processing runs at a *working resolution* (:func:`working_shape`: the film itself up
+to :data:`WORKING_SIDE` pixels on its long side, shrunk to that above): the models see 128
+pixels, so a 2,000-pixel film carries no more detail in its maps than a 512-pixel one, and
+labelling, hole filling and the rest cost 16 times less there. Only the final masks are
+brought to full size (:func:`upscale_labels`, :func:`upscale_mask`). Films up to the
+working side (the 256-pixel datasets) are processed at their own size, exactly as before.
+
 Orientation: on a standard frontal (PA/AP) radiograph the patient faces the viewer, so the
 patient's RIGHT lung is on the IMAGE LEFT. Labels: 0 background, 1 right lung, 2 left lung.
 Only numpy/scipy here so the viewer can use it without TensorFlow.
@@ -15,6 +22,62 @@ LABEL_NAMES = {RIGHT_LUNG: "right lung", LEFT_LUNG: "left lung"}
 
 # A component smaller than this fraction of the largest one is treated as noise, not a lung.
 MIN_SECOND_FRACTION = 0.10
+# Long side of the working resolution of mask post-processing (4x the models' 128 pixels).
+WORKING_SIDE = 512
+
+
+def working_shape(shape: tuple[int, int], max_side: int = WORKING_SIDE) -> tuple[int, int]:
+    """(rows, cols) at which a film of ``shape`` is post-processed: itself up to ``max_side``
+    on its long side, else shrunk (aspect kept) so that its long side is ``max_side``."""
+    rows, cols = int(shape[0]), int(shape[1])
+    long_side = max(rows, cols)
+    if long_side <= max_side:
+        return (rows, cols)
+    scale = max_side / long_side
+    return (max(1, round(rows * scale)), max(1, round(cols * scale)))
+
+
+def upscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A working-resolution binary mask at full size ``shape`` (bool).
+
+    The mask is interpolated linearly and cut at one half: the outline the mask's pixel
+    edges imply, smooth rather than a staircase of working-resolution pixels. The same
+    array (as bool) when the sizes already agree.
+    """
+    import cv2
+
+    m = np.asarray(mask)
+    if m.shape == tuple(shape):
+        return m.astype(bool, copy=False)
+    u8 = (m > 0).astype(np.uint8) * np.uint8(255)
+    up = cv2.resize(u8, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    return up > 127
+
+
+def upscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Working-resolution lung labels (0/1/2) at full size ``shape`` (uint8), each lung by
+    :func:`upscale_mask` (a pixel both would claim, a rounding tie on the midline, stays one label)."""
+    lab = np.asarray(labels)
+    if lab.shape == tuple(shape):
+        return lab.astype(np.uint8, copy=False)
+    out = np.zeros(shape, np.uint8)
+    for value in (RIGHT_LUNG, LEFT_LUNG):
+        part = lab == value
+        if part.any():
+            out[upscale_mask(part, shape)] = value
+    return out
+
+
+def downscale_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Full-size labels (or a mask) at the working ``shape`` (uint8): each working pixel takes
+    the full-size pixel at its centre (nearest neighbour)."""
+    import cv2
+
+    lab = np.asarray(labels)
+    if lab.shape == tuple(shape):
+        return lab.astype(np.uint8, copy=False)
+    return cv2.resize(lab.astype(np.uint8, copy=False), (int(shape[1]), int(shape[0])),
+                      interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -23,7 +23,10 @@ Two input normalisations exist; each model's card names the one it was trained o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,7 +48,8 @@ def to_unit_float(gray: np.ndarray) -> np.ndarray:
     """
     arr = _as_2d(gray)
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
+        unit = arr.astype(np.float32)
+        return np.divide(unit, np.float32(255.0), out=unit)  # in place: one float copy, same numbers
     arr = arr.astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
@@ -91,6 +95,11 @@ def rank_map(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     clipped background) are merged into one level carrying their mean rank.
     """
     small = resize(_as_2d(gray).astype(np.float32), RANK_GRID)
+    return _rank_map_of_grid(small)
+
+
+def _rank_map_of_grid(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_map` from the film already squashed to the RANK_GRID square (float32)."""
     m = int(round(RANK_GRID * RANK_CENTRAL))
     sample = small[m:RANK_GRID - m, m:RANK_GRID - m].ravel()
     q = np.linspace(0.0, 1.0, RANK_LEVELS)
@@ -112,15 +121,21 @@ def apply_rank_map(arr: np.ndarray, levels: np.ndarray, targets: np.ndarray) -> 
 class FilmInput:
     """A film as the models' preprocessing sees it (no display window anywhere).
 
-    ``gray``: canonical grey values at the film's full resolution (float32 or the stored
-    integer type), bright = dense. ``levels``/``targets``: its rank map (see
-    :func:`rank_map`), computed once per film and shared by every model and crop.
+    ``gray``: the film's grey values at full resolution as stored (the modality values or the
+    bare array, never copied); bright = dense once negated when ``invert`` is set (MONOCHROME1
+    / INVERSE films). The negation is applied after each resize (exact: a linear resize
+    commutes with it), so no full-resolution float copy of the film is kept per stage.
+    ``levels``/``targets``: its rank map (see :func:`rank_map`) of the bright = dense values,
+    computed once per film and shared by every model and crop.
     """
 
     gray: np.ndarray
     levels: np.ndarray
     targets: np.ndarray
     display: np.ndarray | None = None  # the 8-bit display image, for legacy-input models
+    invert: bool = False  # bright = dense is -gray
+    # whole-film squashes already made (size -> float32), see film_input(sizes=...)
+    _squashes: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -131,32 +146,56 @@ class FilmInput:
 
         ``box`` = (x0, y0, x1, y1) in full-resolution pixels, x1/y1 exclusive.
         """
+        return apply_rank_map(self.squashed(size, box), self.levels, self.targets)[..., None]
+
+    def squashed(self, size: int | tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The (cropped) film resized to ``size``, float32, bright = dense (before the rank map)."""
+        if box is None and isinstance(size, int) and size in self._squashes:
+            return self._squashes[size].copy()
         g = self.gray
         if box is not None:
             x0, y0, x1, y1 = box
             g = g[y0:y1, x0:x1]
-        small = resize(np.asarray(g, np.float32), size)
-        return apply_rank_map(small, self.levels, self.targets)[..., None]
+        small = _resize_float(g, size)
+        return np.negative(small, out=small) if self.invert else small
 
 
-def film_input(source: Any) -> FilmInput:
+def _resize_float(gray: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """``resize(gray.astype(float32), size)`` as float32 (the same numbers)."""
+    return np.asarray(resize(np.asarray(gray, np.float32), size), np.float32)
+
+
+def film_input(source: Any, sizes: tuple[int, ...] = ()) -> FilmInput:
     """The robust model input of a film: an :class:`~xrayviewer.imaging.XRayImage` (modality
     values, inverted for MONOCHROME1 / INVERSE so that bright = dense) or a 2-D grey array
-    that is already bright = dense (the datasets' PNGs in training)."""
+    that is already bright = dense (the datasets' PNGs in training).
+
+    ``sizes``: whole-film model sizes to squash to now, from the one float copy of the film
+    the rank map needs (the same numbers as :meth:`FilmInput.model_array` computes later;
+    a 2,000-pixel film is converted once instead of once per model)."""
     display = None
+    invert = False
     if hasattr(source, "values") and hasattr(source, "invert"):
         g = np.asarray(source.values)
         if g.ndim == 3:  # multi-sample data that reached us undecided: average the samples
             g = g.astype(np.float32).mean(axis=-1)
-        if source.invert:
-            g = -g.astype(np.float32)
+        invert = bool(source.invert)
         display = np.asarray(source.display)
     else:
         g = _as_2d(source)
         if g.dtype == np.uint8:
             display = g
-    levels, targets = rank_map(g)
-    return FilmInput(g, levels, targets, display)
+    full = np.asarray(g, np.float32)  # one float copy of the film, dropped on return
+    small = np.asarray(resize(full, RANK_GRID), np.float32)
+    squashes = {}
+    for size in sizes:
+        sq = np.asarray(resize(full, size), np.float32)
+        squashes[int(size)] = np.negative(sq, out=sq) if invert else sq
+    del full
+    if invert:
+        np.negative(small, out=small)
+    levels, targets = _rank_map_of_grid(small)
+    return FilmInput(g, levels, targets, display, invert, squashes)
 
 
 def prepare_for_model(gray: Any, size: int, normalization: str = LEGACY) -> np.ndarray:
@@ -168,13 +207,45 @@ def prepare_for_model(gray: Any, size: int, normalization: str = LEGACY) -> np.n
     if normalization == LEGACY:
         if hasattr(gray, "display") and gray.display is None:
             raise ValueError("the legacy input needs the film's display image")
-        unit = to_unit_float(gray.display if hasattr(gray, "display") else gray)
-        out = resize(unit, size).astype(np.float32)
-        return np.clip(out, 0.0, 1.0)[..., None]
+        return _legacy_input(gray.display if hasattr(gray, "display") else gray, size)
     if normalization == ROBUST:
         fi = gray if isinstance(gray, FilmInput) else film_input(gray)
         return fi.model_array(size)
     raise ValueError(f"unknown input normalization {normalization!r} (known: {NORMALIZATIONS})")
+
+
+# Legacy inputs of large films, remembered per display array (weakly) and size: the
+# classifier and the opacity model both ask for the same 128-pixel input of a film, and
+# on a 2,000-pixel film each conversion is a full-size float copy. Small films are not
+# remembered (cheap to redo; training loops over thousands of them).
+_MEMO_MIN_PIXELS = 1 << 20
+_MEMO_ENTRIES = 32
+_memo: OrderedDict[tuple[Any, ...], tuple[Any, np.ndarray]] = OrderedDict()
+_memo_lock = threading.Lock()
+
+
+def _legacy_input(gray: Any, size: int) -> np.ndarray:
+    arr = np.asarray(gray)
+    memo = arr.size >= _MEMO_MIN_PIXELS
+    key = (id(arr), int(size), arr.shape, arr.dtype.str)
+    if memo:
+        with _memo_lock:
+            hit = _memo.get(key)
+            if hit is not None and hit[0]() is arr:
+                _memo.move_to_end(key)
+                return hit[1].copy()
+    unit = to_unit_float(arr)
+    out = np.clip(resize(unit, size).astype(np.float32), 0.0, 1.0)[..., None]
+    if memo:
+        try:
+            ref = weakref.ref(arr)
+        except TypeError:  # an array type without weak references: not remembered
+            return out
+        with _memo_lock:
+            _memo[key] = (ref, out.copy())
+            while len(_memo) > _MEMO_ENTRIES:
+                _memo.popitem(last=False)
+    return out
 
 
 def mask_to_full_resolution(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

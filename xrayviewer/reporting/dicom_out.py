@@ -159,13 +159,17 @@ def build_segmentation(result: AnalysisResult, image: XRayImage, *, phi: bool = 
         hd.seg.SegmentDescription(1, "Right lung", anatomy, Code("3341006", "SCT", "Right lung"), "AUTOMATIC", algo),
         hd.seg.SegmentDescription(2, "Left lung", anatomy, Code("44029006", "SCT", "Left lung"), "AUTOMATIC", algo),
     ]
-    masks = [result.lung_labels == 1, result.lung_labels == 2]
+    labels = np.asarray(result.lung_labels)
     if result.opacity_mask is not None:
         descriptions.append(hd.seg.SegmentDescription(
             3, "Lung opacity (ground-glass/consolidation)", codes.SCT.MorphologicallyAbnormalStructure,
             codes.SCT.Lesion, "AUTOMATIC", algo))
-        masks.append(np.asarray(result.opacity_mask) > 0)
-    pixel = np.stack(masks, axis=-1)[None].astype(np.uint8)  # (frames=1, rows, cols, segments)
+    # (frames=1, rows, cols, segments), each segment written in place (no stacked bool copies)
+    pixel = np.empty((1, *labels.shape, len(descriptions)), np.uint8)
+    np.equal(labels, 1, out=pixel[0, ..., 0], casting="unsafe")
+    np.equal(labels, 2, out=pixel[0, ..., 1], casting="unsafe")
+    if result.opacity_mask is not None:
+        np.greater(np.asarray(result.opacity_mask), 0, out=pixel[0, ..., 2], casting="unsafe")
     try:
         seg = hd.seg.Segmentation(
             source_images=[src], pixel_array=pixel, segmentation_type="BINARY", segment_descriptions=descriptions,

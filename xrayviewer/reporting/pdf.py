@@ -22,7 +22,7 @@ from .. import RESEARCH_NOTICE, __version__
 from ..fsutil import atomic_write_bytes
 from ..imaging import XRayImage
 from ..inference.result import CLASS_NAMES, AnalysisResult
-from ..rendering.overlay import OverlayOptions, compose_overlay
+from ..rendering.overlay import compose_overlay
 from .deid import safe_stem
 
 MAX_EMBED_PX = 1400  # long side of embedded images: sharp at print size, modest file size
@@ -66,6 +66,35 @@ def _png(arr: np.ndarray) -> io.BytesIO:
     img.save(buf, format="PNG")
     buf.seek(0)
     return buf
+
+
+def _embedded_overlay(display: np.ndarray, r: AnalysisResult) -> np.ndarray:
+    """The overlay drawn at the size it is embedded at (long side MAX_EMBED_PX), not drawn at
+    full resolution and then shrunk: the film shrunk by area, the masks by nearest
+    neighbour, the boxes scaled."""
+    from ..rendering.overlay import OverlayOptions
+
+    opts = OverlayOptions(alpha=0.35, legend=False)
+    rows, cols = display.shape[:2]
+    scale = MAX_EMBED_PX / max(rows, cols)
+    if scale >= 1:
+        return compose_overlay(display, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
+                               options=opts)
+    import cv2
+
+    from ..inference.result import Region
+
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+    sy, sx = size[1] / rows, size[0] / cols
+
+    def nearest(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else cv2.resize(np.asarray(a, np.uint8), size, interpolation=cv2.INTER_NEAREST)
+
+    regions = tuple(Region((int(x0 * sx), int(y0 * sy), max(int(x0 * sx) + 1, round(x1 * sx)),
+                            max(int(y0 * sy) + 1, round(y1 * sy))), reg.area_px, reg.side, reg.mean_probability)
+                    for reg in r.regions for x0, y0, x1, y1 in [reg.bbox])
+    return compose_overlay(cv2.resize(display, size, interpolation=cv2.INTER_AREA), lung_labels=nearest(r.lung_labels),
+                           opacity_mask=nearest(r.opacity_mask), regions=regions, options=opts)
 
 
 def _pdf_class() -> type:
@@ -148,8 +177,7 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
                              f"accession {pat.accession_number or '-'}", new_x="LMARGIN", new_y="NEXT")
     # Images side by side (a third one, the tuberculosis heatmap, when there is one).
     plain = img.display
-    overlay = compose_overlay(plain, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
-                              options=OverlayOptions(alpha=0.35, legend=False))  # colours explained below
+    overlay = _embedded_overlay(plain, r)  # colours explained below
     tb_heat = None
     if r.gate.accepted and r.tb_heatmap is not None:
         tb_heat = compose_overlay(plain, lung_labels=r.lung_labels, heatmap=r.tb_heatmap,
