@@ -22,7 +22,7 @@ from .. import RESEARCH_NOTICE, __version__
 from ..fsutil import atomic_write_bytes
 from ..imaging import XRayImage
 from ..inference.result import CLASS_NAMES, AnalysisResult
-from ..rendering.overlay import compose_overlay
+from ..rendering.overlay import OverlayOptions, compose_overlay
 from .deid import safe_stem
 
 MAX_EMBED_PX = 1400  # long side of embedded images: sharp at print size, modest file size
