@@ -240,3 +240,30 @@ def test_corrupt_jpeg_ls_does_not_leak_memory(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     growth = float(out.stdout.strip().splitlines()[-1])
     assert growth < 40, f"RSS grew {growth:.0f} MB over ten loads of a corrupt JPEG-LS file"  # was ~160
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    """A run killed during an atomic write leaves '.<name>.<pid>.<random>.tmp'; the next run
+    removes it, but never a temp file whose writer is alive (another run writing now), nor
+    a file of another name."""
+    import os
+    import subprocess
+    import sys
+
+    from xrayviewer.fsutil import atomic_write_bytes, remove_stale_temp_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    stale = sub / f".x.png.{dead_pid}.k3j_9q.tmp"
+    live = tmp_path / f".y.csv.{os.getpid()}.abc123.tmp"
+    other = tmp_path / ".notes.tmp"
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temp_files(tmp_path / "missing") == 0
+    target = atomic_write_bytes(tmp_path / "z.bin", b"ok")  # our own names carry our pid
+    assert target.read_bytes() == b"ok" and not list(tmp_path.glob(".z.bin.*"))

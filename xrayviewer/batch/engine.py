@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import NotARadiographError, XRayViewerError
-from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..fsutil import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from ..imaging import XRayImage, load_image
 from ..imaging.detect import sniff_format
 from ..inference.control import AnalysisCancelled, CancelToken
@@ -432,6 +432,9 @@ class BatchRunner:
     def run(self, items: Sequence[BatchItem]) -> BatchSummary:
         opts = self.options
         opts.out_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temp_files(opts.out_dir)
+        if stale:
+            log.info("removed %d temp file(s) an interrupted run left in %s", stale, opts.out_dir)
         models = self.analyzer.models_key()
         preload = getattr(self.analyzer, "preload", None)
         if callable(preload):
