@@ -97,6 +97,8 @@ class BundledModel:
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         self.model, self.card = modelstore.load_model(name or self.model_name, models_root, self.card_section)
+        # What inference calls (modelstore.GraphInference, shared per model; traced on first use).
+        self._infer = modelstore.inference_function(self.model)
 
     @property
     def input_size(self) -> int:

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from . import modelstore
 from .cards import CardFields
 from .common import BundledModel, forward, mahalanobis, softmax
 from .preprocessing import prepare_for_model
@@ -136,7 +135,6 @@ class DomainGate(BundledModel):
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)
-        self._infer = modelstore.inference_function(self.model)
         # Minimum P(frontal chest X-ray) to pass stage 2 (chosen on validation).
         self.threshold = float(self.card.threshold)
 

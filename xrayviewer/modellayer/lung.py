@@ -13,12 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import modelstore
 from .cards import CardFields
 from .common import BundledModel, image_shape, predict_model_maps
 from .postprocess import BACKGROUND, LABEL_NAMES, LEFT_LUNG, RIGHT_LUNG, lung_labels, upscale_labels, working_shape
@@ -84,10 +82,6 @@ class LungSegmenter(BundledModel):
 
     model_name = MODEL_NAME
     card_section = LungCard
-
-    def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
-        super().__init__(name, models_root)
-        self._infer = modelstore.inference_function(self.model)
 
     def segment_batch(self, images: Sequence[Any], batch_size: int = 8) -> list[LungResult]:
         """Segment several films (arrays must be 2-D grey; any size)."""

@@ -45,7 +45,6 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from . import modelstore
 from .cards import CardFields
 from .common import BundledModel, image_shape
 from .postprocess import LEFT_LUNG, RIGHT_LUNG, downscale_labels, working_shape
@@ -482,7 +481,6 @@ class OpacityDetector(BundledModel):
 
     def __init__(self, name: str | None = None, models_root: Path | None = None) -> None:
         super().__init__(name, models_root)
-        self._infer = modelstore.inference_function(self.model)
         self.min_region_fraction = self.card.section.min_region_fraction
         #: The card's film-level rule (:func:`apply_film_rule`), or None.
         self.film_rule: str | None = self.card.section.film_rule
