@@ -49,6 +49,7 @@ import numpy as np
 
 from ..modellayer.common import mahalanobis
 from .datasets import Record, _spread, is_frontal_xray, read_all
+from .metrics import refusal_counts
 from .splits import read_split, rel_key
 
 log = logging.getLogger(__name__)
@@ -162,15 +163,9 @@ def _half(keys: Sequence[str]) -> np.ndarray:
 
 # ------------------------------------------------------------------ rates
 def _rate(verdicts: Sequence[Any]) -> dict[str, Any]:
-    n = len(verdicts)
-    refused = [v for v in verdicts if not v.accepted]
-    by_stage: dict[str, int] = {}
-    by_code: dict[str, int] = {}
-    for v in refused:
-        by_stage[v.stage] = by_stage.get(v.stage, 0) + 1
-        by_code[v.code] = by_code.get(v.code, 0) + 1
-    return {"n": n, "refused": len(refused), "refusal_rate": round(len(refused) / n, 4) if n else None,
-            "pass_rate": round(1 - len(refused) / n, 4) if n else None,
+    n, refused, by_stage, by_code = refusal_counts(verdicts)
+    return {"n": n, "refused": refused, "refusal_rate": round(refused / n, 4) if n else None,
+            "pass_rate": round(1 - refused / n, 4) if n else None,
             "by_stage": dict(sorted(by_stage.items())), "by_code": dict(sorted(by_code.items()))}
 
 

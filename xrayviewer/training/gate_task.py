@@ -31,6 +31,7 @@ from ..modellayer.gate import GATE_CLASSES, GateCard
 from ..modellayer.preprocessing import prepare_for_model
 from .datasets import Record, _spread, is_frontal_xray, read_all, read_gray
 from .export_common import provenance, read_meta, save_inference_model, write_card
+from .metrics import refusal_counts
 from .runinfo import hardware_info, library_versions, start_run
 from .splits import read_split, rel_key
 
@@ -303,15 +304,9 @@ def export(run: Path, models_dir: Path, name: str, version: str) -> Path:
 
 
 def _rate(results: list[Any]) -> dict[str, Any]:
-    n = len(results)
-    rejected = [r for r in results if not r.accepted]
-    by_code: dict[str, int] = {}
-    by_stage: dict[str, int] = {}
-    for r in rejected:
-        by_code[r.code] = by_code.get(r.code, 0) + 1
-        by_stage[r.stage] = by_stage.get(r.stage, 0) + 1
-    return {"n": n, "rejected": len(rejected), "rejection_rate": round(len(rejected) / n, 4) if n else None,
-            "pass_rate": round(1 - len(rejected) / n, 4) if n else None,
+    n, rejected, by_stage, by_code = refusal_counts(results)
+    return {"n": n, "rejected": rejected, "rejection_rate": round(rejected / n, 4) if n else None,
+            "pass_rate": round(1 - rejected / n, 4) if n else None,
             "by_reason": by_code, "by_stage": by_stage}
 
 

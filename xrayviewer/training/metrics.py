@@ -9,7 +9,8 @@ aggregates, counted separately).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -84,3 +85,18 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict[s
         times.append((time.perf_counter() - t) * 1000)
     return {"median_ms": round(statistics.median(times), 2),
             "p90_ms": round(float(np.percentile(times, 90)), 2), "repeats": repeats}
+
+
+def refusal_counts(verdicts: Sequence[Any]) -> tuple[int, int, dict[str, int], dict[str, int]]:
+    """Gate verdicts -> (films, refused, refused per stage, refused per code), the counts
+    the gate card and the gate-distance report both give."""
+    by_stage: dict[str, int] = {}
+    by_code: dict[str, int] = {}
+    refused = 0
+    for v in verdicts:
+        if v.accepted:
+            continue
+        refused += 1
+        by_stage[v.stage] = by_stage.get(v.stage, 0) + 1
+        by_code[v.code] = by_code.get(v.code, 0) + 1
+    return len(verdicts), refused, by_stage, by_code
