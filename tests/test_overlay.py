@@ -173,3 +173,28 @@ def test_png_bytes_decode_to_the_same_pixels_and_carry_our_marker(shape: tuple[i
     assert data.index(b"tEXt") < data.index(b"IDAT")
     (tmp_path / "x.png").write_bytes(data)
     assert own_output_reason(tmp_path / "x.png")
+
+
+def test_pdf_heatmap_panel_is_drawn_at_its_embedded_size() -> None:
+    """The tuberculosis panel takes the same path: heatmap shrunk by area, lungs by nearest
+    neighbour, and no opacity layer when its options leave it out."""
+    from types import SimpleNamespace
+
+    from xrayviewer.rendering.overlay import OverlayOptions
+    from xrayviewer.reporting.pdf import MAX_EMBED_PX, _embedded_overlay
+
+    rows, cols = 2000, 1600
+    display = np.full((rows, cols), 90, np.uint8)
+    labels = np.zeros((rows, cols), np.uint8)
+    labels[300:1800, 200:700] = 1
+    heat = np.zeros((rows, cols), np.float32)
+    heat[800:1200, 300:600] = 1.0
+    opacity = np.zeros((rows, cols), bool)
+    opacity[300:500, 1000:1400] = True  # not shown in a heatmap panel
+    r = SimpleNamespace(lung_labels=labels, opacity_mask=opacity, regions=())
+    out = _embedded_overlay(display, r, heatmap=heat,
+                            options=OverlayOptions(opacity=False, boxes=False, heatmap=True, alpha=0.55))
+    s = MAX_EMBED_PX / rows
+    assert out.shape == (MAX_EMBED_PX, round(cols * s), 3)
+    assert tuple(out[round(1000 * s), round(450 * s)]) != (90, 90, 90)  # the heatmap
+    assert tuple(out[round(400 * s), round(1200 * s)]) == (90, 90, 90)  # opacity left out

@@ -68,18 +68,17 @@ def _png(arr: np.ndarray) -> io.BytesIO:
     return buf
 
 
-def _embedded_overlay(display: np.ndarray, r: AnalysisResult) -> np.ndarray:
+def _embedded_overlay(display: np.ndarray, r: AnalysisResult, *, heatmap: np.ndarray | None = None,
+                      options: OverlayOptions | None = None) -> np.ndarray:
     """The overlay drawn at the size it is embedded at (long side MAX_EMBED_PX), not drawn at
-    full resolution and then shrunk: the film shrunk by area, the masks by nearest
-    neighbour, the boxes scaled."""
-    from ..rendering.overlay import OverlayOptions
-
-    opts = OverlayOptions(alpha=0.35, legend=False)
+    full resolution and then shrunk: the film and a heatmap shrunk by area, the masks by
+    nearest neighbour, the boxes scaled. Default layers: lungs, opacity and boxes."""
+    opts = options or OverlayOptions(alpha=0.35, legend=False)
     rows, cols = display.shape[:2]
     scale = MAX_EMBED_PX / max(rows, cols)
     if scale >= 1:
         return compose_overlay(display, lung_labels=r.lung_labels, opacity_mask=r.opacity_mask, regions=r.regions,
-                               options=opts)
+                               heatmap=heatmap, options=opts)
     import cv2
 
     from ..inference.result import Region
@@ -93,8 +92,10 @@ def _embedded_overlay(display: np.ndarray, r: AnalysisResult) -> np.ndarray:
     regions = tuple(Region((int(x0 * sx), int(y0 * sy), max(int(x0 * sx) + 1, round(x1 * sx)),
                             max(int(y0 * sy) + 1, round(y1 * sy))), reg.area_px, reg.side, reg.mean_probability)
                     for reg in r.regions for x0, y0, x1, y1 in [reg.bbox])
+    heat = (None if heatmap is None else
+            cv2.resize(np.asarray(heatmap, np.float32), size, interpolation=cv2.INTER_AREA))
     return compose_overlay(cv2.resize(display, size, interpolation=cv2.INTER_AREA), lung_labels=nearest(r.lung_labels),
-                           opacity_mask=nearest(r.opacity_mask), regions=regions, options=opts)
+                           opacity_mask=nearest(r.opacity_mask), regions=regions, heatmap=heat, options=opts)
 
 
 def _pdf_class() -> type:
@@ -180,8 +181,8 @@ def _page(doc: _Doc, item: ReportItem, *, phi: bool, generated: str) -> None:
     overlay = _embedded_overlay(plain, r)  # colours explained below
     tb_heat = None
     if r.gate.accepted and r.tb_heatmap is not None:
-        tb_heat = compose_overlay(plain, lung_labels=r.lung_labels, heatmap=r.tb_heatmap,
-                                  options=OverlayOptions(opacity=False, boxes=False, heatmap=True, alpha=0.55))
+        tb_heat = _embedded_overlay(plain, r, heatmap=r.tb_heatmap,
+                                    options=OverlayOptions(opacity=False, boxes=False, heatmap=True, alpha=0.55))
     panels = 3 if tb_heat is not None else 2
     y = p.get_y() + 2
     avail_w = (p.w - p.l_margin - p.r_margin - 6 * (panels - 1)) / panels
