@@ -56,6 +56,7 @@ def test_summary_and_markdown_with_the_film_rule() -> None:
             {"image": "c", "any_region": 0, "grade": "none", "top_class": "Normal", "withheld_regions": 0}]
     t = summarize("src", "s", rows)
     assert t["n_withheld"] == 1 and t["n_any_region"] == 1
+    assert t["called_not_normal_rate"] == pytest.approx(1 / 3, abs=1e-4)
     md = markdown([t])
-    assert "film rule withheld" in md and "| src | s | 3 | - | - | 1 (33.3 %) | 1 | - |" in md
+    assert "film rule withheld" in md and "| src | s | 3 | - | - | 1 (33.3 %) | 1 | 33.3 % | - |" in md
     assert summarize("src", "s", [{"image": "x", "any_region": 0, "grade": "none"}])["n_withheld"] is None

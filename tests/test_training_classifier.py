@@ -82,7 +82,8 @@ def test_weak_check_sample_is_balanced() -> None:
 
 
 def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
-    """Train 1 step on a few real images, export, and load it through the app."""
+    """Train 1 step on a few real images (robust input, source-class balancing), a
+    leave-one-source-out run, export, and load it through the app."""
     from xrayviewer.modellayer import modelstore
     from xrayviewer.modellayer.classifier import DiseaseClassifier
     from xrayviewer.training import classifier_task
@@ -92,22 +93,86 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     recs = read_all(data_dir, ("covid-qu-ex", "nih", "ieee8023"), max_images=8)
     split = make_split(recs, data_dir, seed=0, val_fraction=0.5)
     write_split(split, tmp_path / "split.json")
-    run = tmp_path / "run"
-    classifier_task.train(data_dir, tmp_path / "split.json", run, arch="compact", input_size=32,
-                          input_mode="full", epochs=1, batch_size=4, lr=1e-3, seed=0, max_images=8,
-                          steps_per_epoch=1, exclude_source=None, time_budget_s=None,
-                          train_fraction=1.0, cache_dir=tmp_path / "cache", mixed_precision=False,
-                          width=4, command="test")
+    kw = dict(arch="compact", input_size=32, input_mode="full", epochs=1, batch_size=4, lr=1e-3, seed=0,
+              max_images=8, steps_per_epoch=1, time_budget_s=None, train_fraction=1.0,
+              cache_dir=tmp_path / "cache", mixed_precision=False, width=4, command="test",
+              normalization="rank-v1", balance="source-class")
+    run, loso = tmp_path / "run", tmp_path / "loso"
+    classifier_task.train(data_dir, tmp_path / "split.json", run, exclude_source=None, **kw)
+    classifier_task.train(data_dir, tmp_path / "split.json", loso, exclude_source="covid-qu-ex", **kw)
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert summary["val"]["n"] > 0 and 0 <= summary["val"]["accuracy"] <= 1
+    assert summary["input_normalization"] == "rank-v1"
+    test = json.loads((loso / "eval" / "summary.json").read_text())["source_disjoint_test"]
+    assert test["source"] == "covid-qu-ex" and test["n"] > 0
     assert "| run |" in markdown_table([classifier_task.comparison_row(run)])
     models = tmp_path / "models"
     classifier_task.export(run, models, "xray_classifier", [], None, "0.0.1", data_dir,
-                           tmp_path / "split.json", tmp_path / "cache")
+                           tmp_path / "split.json", tmp_path / "cache", loso=[loso],
+                           dropped={"efficientnetb0": "not re-run"})
     card = modelstore.read_card("xray_classifier", models)
     assert card.raw["temperature"] > 0 and card.raw["class_names"] == list(CLASS_NAMES)
     assert card.schema_version == 1  # the export writes the card schema (and checked it on the way out)
+    assert card.input_normalization == "rank-v1"
+    assert card.raw["leave_one_source_out"]["rows"][0]["left_out"] == "covid-qu-ex"
+    assert "left-out source" in card.raw["leave_one_source_out"]["markdown"]
+    assert {"temperature", "vector"} <= set(card.raw["calibration"]["comparison_equal_count_bins"])
+    assert card.raw["comparison_dropped"] == {"efficientnetb0": "not re-run"}
+    assert "after" in card.raw["source_probe"]
     clf = DiseaseClassifier(models_root=models)
     res = clf.predict_batch([np.full((50, 60), 128, np.uint8)])[0]
     assert res.probabilities.sum() == pytest.approx(1.0)
     assert clf.embedding_stats is not None and "threshold" in clf.embedding_stats
+
+
+def test_leave_one_source_out_only_for_sources_with_covid(tmp_path: Path, data_dir: Path) -> None:
+    from xrayviewer.training import classifier_task
+
+    with pytest.raises(ValueError, match="leave-one-source-out"):
+        classifier_task._datasets_for_run(data_dir, {"assignment": {}}, 2, "nih", None)
+
+
+def test_source_class_weights_share_each_class_between_sources() -> None:
+    """Every class carries the same total weight; inside a class each source an equal share,
+    except that a tiny pair is boosted at most MAX_PAIR_BOOST times over class weighting."""
+    from xrayviewer.training.classifier_task import MAX_PAIR_BOOST, source_class_weights
+
+    spec = [("a", "Normal", 300), ("b", "Normal", 100), ("a", "COVID-19", 500), ("c", "COVID-19", 500),
+            ("a", "Other pneumonia", 200), ("c", "Other pneumonia", 2)]
+    recs, y = [], []
+    for src, label, n in spec:
+        for i in range(n):
+            recs.append(Record(f"/{src}/{label}/{i}.png", src, label))
+            y.append(CLASS_NAMES.index(label))
+    y = np.array(y)
+    w, pairs = source_class_weights(recs, y)
+    assert w.mean() == pytest.approx(1.0)
+    totals = [w[y == k].sum() for k in range(3)]
+    assert totals[0] == pytest.approx(totals[1]) == pytest.approx(totals[2])
+    src = np.array([r.source for r in recs])
+    # Normal: a and b each half of the class
+    assert w[(y == 0) & (src == "a")].sum() == pytest.approx(w[(y == 0) & (src == "b")].sum())
+    # Other pneumonia: c's two films are boosted only MAX_PAIR_BOOST x over plain class weighting
+    # (a's films get share 202 / (2 * 200) of plain class weighting, c's min(202 / (2 * 2), boost))
+    ratio = w[(y == 2) & (src == "c")][0] / w[(y == 2) & (src == "a")][0]
+    assert ratio == pytest.approx(MAX_PAIR_BOOST / (202 / 400))
+    assert set(pairs) == {"a/Normal", "b/Normal", "a/COVID-19", "c/COVID-19", "a/Other pneumonia", "c/Other pneumonia"}
+
+
+def test_source_probe_finds_a_planted_source_signal() -> None:
+    from xrayviewer.training.source_probe import source_probe
+
+    rng = np.random.default_rng(0)
+    n = 600
+    src = np.array(["a", "b"])[rng.integers(0, 2, n)]
+    cls = np.array(["Normal", "COVID-19"])[rng.integers(0, 2, n)]
+    clean = rng.normal(size=(n, 8))
+    marked = clean.copy()
+    marked[:, 3] += 4.0 * (src == "a")  # Bayes accuracy Phi(2) = 0.977
+    tr, va = slice(0, 450), slice(450, None)
+    hit = source_probe(marked[tr], src[tr], cls[tr], marked[va], src[va], cls[va])
+    miss = source_probe(clean[tr], src[tr], cls[tr], clean[va], src[va], cls[va])
+    assert hit["mean_within_class_balanced_accuracy"] > 0.9
+    assert abs(miss["mean_within_class_balanced_accuracy"] - 0.5) < 0.1
+    assert set(hit["per_class"]) == {"Normal", "COVID-19"} and hit["per_class"]["Normal"]["chance"] == 0.5
+    json.dumps(hit)  # plain types: goes into the card

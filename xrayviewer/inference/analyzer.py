@@ -235,7 +235,6 @@ class Analyzer:
         if load_s > 0.01:
             for t in timings:
                 t["load_models"] = load_s / n
-        grays = [np.asarray(img.display) for img in images]
 
         # 1. gate stages 1-2: header checks, then the image-type CNN on what is left
         report(progress, STAGES[1], 0.0)
@@ -265,7 +264,9 @@ class Analyzer:
         if todo:
             # One batched pass gives scores, the embedding for the gate and (if asked) the
             # Grad-CAM heatmaps; a heatmap of an image the gate then refuses is discarded.
-            batch = self._classifier.predict_batch([grays[i] for i in todo],
+            # The classifier takes the film (its card's normalisation picks the display image
+            # or the robust input from it).
+            batch = self._classifier.predict_batch([films[i] for i in todo],
                                                    lung_masks=[lungs[i].mask for i in todo],
                                                    heatmap=self.heatmap)
             for i, res in zip(todo, batch):
@@ -294,7 +295,7 @@ class Analyzer:
         if accepted and self._tb is not None:
             report(progress, STAGES[5], 0.9)
             t = time.perf_counter()
-            for i, res in zip(accepted, self._tb.score_batch([grays[i] for i in accepted],
+            for i, res in zip(accepted, self._tb.score_batch([films[i] for i in accepted],
                                                              [lungs[i].mask for i in accepted],
                                                              heatmap=self.heatmap)):
                 tbs[i] = res

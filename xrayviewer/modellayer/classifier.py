@@ -29,8 +29,8 @@ import numpy as np
 from ..errors import ModelError
 from . import modelstore
 from .cards import CardFields
-from .common import BundledModel, softmax
-from .preprocessing import prepare_for_model, resize
+from .common import BundledModel, image_shape, softmax
+from .preprocessing import LEGACY, ROBUST, FilmInput, film_input, prepare_for_model, resize
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,47 @@ def crop_to_lungs(gray: np.ndarray, lung_mask: np.ndarray | None,
         box = (0, h, 0, w)
     r0, r1, c0, c1 = box
     return g[r0:r1, c0:c1], box
+
+
+def classifier_input(image: Any, lung_mask: np.ndarray | None, size: int, mode: str,
+                     normalization: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The classifier's (S, S, 1) input and the (r0, r1, c0, c1) box of the film it covers.
+
+    One function for the app and training. ``display-v1``: ``image`` is the display image (a
+    2-D array, or anything with ``.display``). ``rank-v1``: a
+    :class:`~xrayviewer.modellayer.preprocessing.FilmInput`, an ``XRayImage`` or a bright =
+    dense grey array; the lung crop is cut from the film's modality values and mapped through
+    the *whole* film's rank map, so the crop's grey levels do not depend on the box.
+    """
+    if normalization == LEGACY:
+        g = np.asarray(image.display if hasattr(image, "display") else image)
+        if g.ndim != 2:
+            raise ValueError(f"expected a 2-D grey image, got shape {g.shape}")
+        if mode == "lung_crop":
+            crop, box = crop_to_lungs(g, lung_mask)
+            return prepare_for_model(crop, size), box
+        return prepare_for_model(g, size), (0, g.shape[0], 0, g.shape[1])
+    if normalization != ROBUST:
+        raise ValueError(f"unknown input normalization {normalization!r}")
+    fi = image if isinstance(image, FilmInput) else film_input(image)
+    h, w = fi.shape
+    box = None
+    if mode == "lung_crop" and lung_mask is not None:
+        m = np.asarray(lung_mask)
+        if m.shape != (h, w):
+            m = resize(m.astype(np.float32), (h, w)) > 0.5
+        box = lung_box(m)
+    if box is None:
+        return fi.model_array(size), (0, h, 0, w)
+    r0, r1, c0, c1 = box
+    return fi.model_array(size, (c0, r0, c1, r1)), box
+
+
+def _as_film(image: Any) -> Any:
+    """A ``FilmInput`` or ``XRayImage`` as it is; anything else as an array."""
+    if isinstance(image, FilmInput) or (hasattr(image, "values") and hasattr(image, "display")):
+        return image
+    return np.asarray(image)
 
 
 # ------------------------------------------------------------------ results
@@ -202,20 +243,15 @@ class DiseaseClassifier(BundledModel):
             return None
         return self._lung.segment(gray).mask
 
-    def model_input(self, gray: np.ndarray, lung_mask: np.ndarray | None = None
+    def model_input(self, image: Any, lung_mask: np.ndarray | None = None
                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """(S, S, 1) input exactly as in training, and the image box it covers."""
-        g = np.asarray(gray)
-        if g.ndim != 2:
-            raise ValueError(f"expected a 2-D grey image, got shape {g.shape}")
-        if self.input_mode == "lung_crop":
-            if lung_mask is None:
-                lung_mask = self.lung_mask(g)
+        """(S, S, 1) input exactly as in training (:func:`classifier_input`), and the image
+        box it covers. ``image``: a display array, an ``XRayImage`` or a ``FilmInput``."""
+        if self.input_mode == "lung_crop" and lung_mask is None:
+            lung_mask = self.lung_mask(image)
             if lung_mask is None:
                 log.warning("lung_crop classifier given no lung mask nor segmenter: whole film scored")
-            crop, box = crop_to_lungs(g, lung_mask)
-            return prepare_for_model(crop, self.input_size), box
-        return prepare_for_model(g, self.input_size), (0, g.shape[0], 0, g.shape[1])
+        return classifier_input(image, lung_mask, self.input_size, self.input_mode, self.normalization)
 
     # -------------------------------------------------------------- scoring
     def _result(self, logits: np.ndarray, emb: np.ndarray, heat: np.ndarray | None,
@@ -238,7 +274,7 @@ class DiseaseClassifier(BundledModel):
         """
         out: list[ClassificationResult] = []
         for start in range(0, len(images), batch_size):
-            chunk = [np.asarray(g) for g in images[start:start + batch_size]]
+            chunk = [_as_film(g) for g in images[start:start + batch_size]]
             masks = (list(lung_masks[start:start + batch_size]) if lung_masks is not None
                      else [None] * len(chunk))
             prepared = [self.model_input(g, m) for g, m in zip(chunk, masks)]
@@ -246,7 +282,7 @@ class DiseaseClassifier(BundledModel):
             if heatmap:
                 logits, emb, cams = self._grad_cam(x)
                 for k, (g, m, (_, box)) in enumerate(zip(chunk, masks, prepared)):
-                    heat = self._cam_to_image(cams[k], box, g.shape[:2], m)
+                    heat = self._cam_to_image(cams[k], box, image_shape(g), m)
                     out.append(self._result(logits[k], emb[k], heat, m is not None))
                 continue
             _, emb, logits = self._multi_infer(x, training=False)
@@ -254,10 +290,11 @@ class DiseaseClassifier(BundledModel):
                 out.append(self._result(lg, e, None, False))
         return out
 
-    def predict(self, gray: np.ndarray, lung_mask: np.ndarray | None = None,
+    def predict(self, gray: Any, lung_mask: np.ndarray | None = None,
                 heatmap: bool = True) -> ClassificationResult:
-        """Calibrated scores for one image, plus a lung-masked Grad-CAM of the top class."""
-        g = np.asarray(gray)
+        """Calibrated scores for one image (a display array, an ``XRayImage`` or a
+        ``FilmInput``), plus a lung-masked Grad-CAM of the top class."""
+        g = _as_film(gray)
         if heatmap and lung_mask is None:
             lung_mask = self.lung_mask(g)
         return self.predict_batch([g], lung_masks=[lung_mask], heatmap=heatmap)[0]

@@ -200,7 +200,7 @@ class DomainGate(BundledModel):
         todo = [i for i, v in enumerate(verdicts) if v.accepted]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            scored = classifier.predict_batch([grey_pixels(images[i]) for i in chunk])
+            scored = classifier.predict_batch([images[i] for i in chunk])
             for i, res in zip(chunk, scored):
                 verdicts[i] = self.confirm(verdicts[i], res.embedding, classifier.embedding_stats)
         return verdicts

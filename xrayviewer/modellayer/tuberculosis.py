@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import ModelError
 from . import modelstore
 from .cards import CardFields
+from .common import image_shape
 from .preprocessing import resize
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def feature_maps(classifier: Any, fmodel: Any, grays: Sequence[np.ndarray],
     boxes: list[Box] = []
     for start in range(0, len(grays), batch_size):
         chunk = list(zip(grays[start:start + batch_size], lung_masks[start:start + batch_size]))
-        prepared = [classifier.model_input(np.asarray(g), m) for g, m in chunk]
+        prepared = [classifier.model_input(g, m) for g, m in chunk]
         outs = fmodel(np.stack([p[0] for p in prepared]), training=False)
         outs = [np.asarray(o, np.float32) for o in (outs if isinstance(outs, (list, tuple)) else [outs])]
         for k, (_, box) in enumerate(prepared):
@@ -234,7 +235,7 @@ class TuberculosisHead:
         for g, m, fm, box in zip(grays, lung_masks, maps, boxes):
             z = float(pooled(fm, m, box, self.pooling) @ self.w_raw + self.b_raw)
             p = float(self.calibrate(z))
-            heat = self.heatmap(fm, box, np.shape(g)[:2], m) if heatmap else None
+            heat = self.heatmap(fm, box, image_shape(g), m) if heatmap else None
             out.append(TBResult(p, z, bool(p >= self.threshold), self.threshold, heat))
         return out
 

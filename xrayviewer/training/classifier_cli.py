@@ -24,8 +24,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-mode", choices=("full", "lung_crop"), default="full",
                    help="whole image, or the lung bounding box from the bundled lung model")
     p.add_argument("--width", type=int, default=16, help="compact CNN base width")
-    p.add_argument("--exclude-source", choices=("ieee8023",), default=None,
-                   help="source-disjoint run: drop this source and its near-duplicates, test on it")
+    p.add_argument("--exclude-source", choices=("ieee8023", "covid-qu-ex"), default=None,
+                   help="leave-one-source-out run: drop this source and its near-duplicates, test on it")
+    p.add_argument("--normalization", choices=("display-v1", "rank-v1"), default="rank-v1",
+                   help="model input (xrayviewer.modellayer.preprocessing); rank-v1 also uses the "
+                        "hospital-imitating augmentation (default: %(default)s)")
+    p.add_argument("--balance", choices=("class", "source-class"), default="source-class",
+                   help="loss weights: per class, or per class with every source an equal share "
+                        "(default: %(default)s)")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop after this much training")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of prepared inputs (keep it outside the repository)")
@@ -43,6 +49,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="source-disjoint run of the bundled configuration")
     p.add_argument("--source-disjoint-compare", type=Path, nargs="*", default=[],
                    help="other source-disjoint runs (e.g. the lung-cropped input)")
+    p.add_argument("--loso", type=Path, nargs="*", default=[],
+                   help="leave-one-source-out runs of the bundled recipe (train-classifier --exclude-source)")
+    p.add_argument("--probe-baseline", type=Path, default=None,
+                   help="a bundled model folder whose source probe is recorded as 'before'")
+    p.add_argument("--dropped", nargs="*", default=[], metavar="ROW=REASON",
+                   help="comparison rows left out of the table, with the reason")
     p.add_argument("--cache-dir", type=Path, default=None)
 
     p = sub.add_parser("train-gate", help="train the frontal-chest-X-ray gate CNN")
@@ -96,13 +108,16 @@ def run(args: argparse.Namespace, command: str) -> int:
                               steps_per_epoch=args.steps_per_epoch,
                               exclude_source=args.exclude_source, time_budget_s=args.time_budget_s,
                               train_fraction=args.train_fraction, cache_dir=args.cache_dir,
-                              mixed_precision=args.mixed_precision, width=args.width, command=command)
+                              mixed_precision=args.mixed_precision, width=args.width, command=command,
+                              normalization=args.normalization, balance=args.balance)
     elif args.cmd == "evaluate-classifier":
         classifier_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.cache_dir)
     elif args.cmd == "export-classifier":
         classifier_task.export(args.run, args.models_dir, args.name, args.compare, args.source_disjoint,
                                args.version, args.data_dir, args.split, args.cache_dir,
-                               source_disjoint_compare=args.source_disjoint_compare)
+                               source_disjoint_compare=args.source_disjoint_compare, loso=args.loso,
+                               probe_baseline=args.probe_baseline,
+                               dropped=dict(d.split("=", 1) for d in args.dropped))
     elif args.cmd == "train-gate":
         gate_task.train(args.data_dir, args.split, args.out, input_size=args.input_size,
                         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

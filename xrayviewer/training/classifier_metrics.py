@@ -8,7 +8,9 @@ negative; NaN when a class has no positives or no negatives in the set.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
@@ -61,6 +63,59 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
         if sel.any():
             ece += sel.mean() * abs(float(correct[sel].mean()) - float(conf[sel].mean()))
     return float(ece)
+
+
+def equal_mass_ece(probs: np.ndarray, y: np.ndarray, min_per_bin: int = 100) -> tuple[float, int]:
+    """Top-label ECE with bins of equal film counts, each holding at least ``min_per_bin``
+    films (so no bin's accuracy rests on a handful of films); returns (ECE, number of bins).
+
+    Equal-width bins put most films of a confident model in the last bin and a few in each
+    of the others, whose gaps are then mostly noise."""
+    probs = np.asarray(probs, np.float64)
+    n = len(probs)
+    if n == 0:
+        return math.nan, 0
+    n_bins = max(1, n // int(min_per_bin))
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y)
+    order = np.argsort(conf, kind="stable")
+    ece = 0.0
+    for part in np.array_split(order, n_bins):
+        ece += len(part) / n * abs(float(correct[part].mean()) - float(conf[part].mean()))
+    return float(ece), n_bins
+
+
+def cross_fitted_probs(logits: np.ndarray, y: np.ndarray, fit: Callable[[np.ndarray, np.ndarray], Any],
+                       apply: Callable[[np.ndarray, Any], np.ndarray], folds: int = 2, seed: int = 0
+                       ) -> tuple[np.ndarray, list[Any]]:
+    """Calibrated probabilities where each fold's calibration is fitted on the other folds."""
+    rng = np.random.default_rng(seed)
+    parts = np.array_split(rng.permutation(len(y)), folds)
+    probs = np.zeros((len(y), logits.shape[1]))
+    params = []
+    for i, test in enumerate(parts):
+        rest = np.concatenate([p for j, p in enumerate(parts) if j != i])
+        prm = fit(logits[rest], y[rest])
+        params.append(prm)
+        probs[test] = apply(logits[test], prm)
+    return probs, params
+
+
+def fit_vector_scaling(logits: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class scale and bias on the logits minimising NLL (Guo et al. 2017's vector
+    scaling), with a small pull toward scale 1, bias 0."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(y)
+    k = z.shape[1]
+
+    def loss(theta: np.ndarray) -> float:
+        a, b = theta[:k], theta[k:]
+        p = softmax(z * a + b)
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)))
+                     + l2 * (np.sum((a - 1) ** 2) + np.sum(b ** 2)))
+
+    res = optimize.minimize(loss, np.concatenate([np.ones(k), np.zeros(k)]), method="L-BFGS-B")
+    return res.x[:k], res.x[k:]
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.classifier import EMBEDDING_LAYER, ClassifierCard, crop_to_lungs
+from ..modellayer.classifier import EMBEDDING_LAYER, ClassifierCard
 from ..modellayer.common import mahalanobis, softmax
 from ..modellayer.modelstore import sha256_file
-from ..modellayer.preprocessing import prepare_for_model
+from ..modellayer.preprocessing import LEGACY, NORMALIZATIONS, ROBUST
 from .classifier_metrics import (
     auc_binary,
     cross_fitted_ece,
@@ -44,7 +44,7 @@ from .classifier_metrics import (
     youden_threshold,
 )
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, is_frontal_xray, read_all, read_gray
-from .export_common import provenance, write_card
+from .export_common import preprocessing_text, provenance, write_card
 from .runinfo import hardware_info, library_versions, start_run, training_sets
 from .splits import NEAR_DUP_CORR, read_split, rel_key
 
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 CLASS_NAMES = (NORMAL, COVID, OTHER)
 SOURCES = ("covid-qu-ex", "nih", "ieee8023")
+COVID_SOURCES = ("covid-qu-ex", "ieee8023")  # the sources with COVID-19 films: leave-one-source-out runs
+BALANCING = ("class", "source-class")
+# source-class balancing: a pair's weight grows at most this much over plain class balancing
+MAX_PAIR_BOOST = 4.0
 MODEL_FILE = "model.keras"
 WEAK_CHECK_PER_CLASS = 20
 
@@ -63,14 +67,13 @@ def labelled_frontal(records: list[Record]) -> list[Record]:
 
 def split_records(data_dir: Path, split: dict, max_images: int | None
                   ) -> tuple[list[Record], list[Record], list[Record]]:
-    """(train, val, all ieee8023 records) for the classifier, per the split file."""
+    """(train, val, every record read) for the classifier, per the split file."""
     recs = read_all(data_dir, SOURCES, max_images)
     a = split["assignment"]
     usable = labelled_frontal(recs)
     train = [r for r in usable if a.get(rel_key(r, data_dir)) == "train"]
     val = [r for r in usable if a.get(rel_key(r, data_dir)) == "val"]
-    ieee = [r for r in recs if r.source == "ieee8023"]
-    return train, val, ieee
+    return train, val, recs
 
 
 def _cached_per_image(records: list[Record], cache: Path | None, field: str,
@@ -122,27 +125,40 @@ def _lung_masks(grays: list[np.ndarray]) -> list[np.ndarray | None]:
     return [r.mask for r in seg.segment_batch(grays, batch_size=32)]
 
 
-def load_inputs(records: list[Record], size: int, mode: str, cache_dir: Path | None) -> np.ndarray:
-    """(N, S, S, 1) float32 model inputs made by the app's own preprocessing, cached."""
-    cache = cache_dir / f"inputs_{mode}_{size}.npz" if cache_dir else None
+def load_inputs(records: list[Record], size: int, mode: str, cache_dir: Path | None,
+                normalization: str = LEGACY) -> np.ndarray:
+    """(N, S, S, 1) float32 model inputs made by the app's own preprocessing, cached.
+
+    ``rank-v1`` crops take the lung box from the film's own rank map (the whole film's), as
+    the app does (``DiseaseClassifier.model_input``)."""
     if mode not in ("full", "lung_crop"):
         raise ValueError(f"unknown input mode {mode!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown input normalization {normalization!r}")
+    tag = "" if normalization == LEGACY else f"_{normalization}"
+    cache = cache_dir / f"inputs_{mode}_{size}{tag}.npz" if cache_dir else None
 
     def compute(missing: list[Record]) -> list[np.ndarray]:
         t0 = time.time()
         with ThreadPoolExecutor(2) as ex:
             grays = list(ex.map(lambda r: read_gray(r.image), missing))
-        if mode == "lung_crop":
-            masks = _lung_masks(grays)
-            grays = [crop_to_lungs(g, m)[0] for g, m in zip(grays, masks)]
-        xs = [prepare_for_model(g, size).astype(np.float16) for g in grays]
-        log.info("prepared %d %s inputs in %.1fs", len(missing), mode, time.time() - t0)
+        masks = _lung_masks(grays) if mode == "lung_crop" else [None] * len(grays)
+        xs = [model_input(g, m, size, mode, normalization).astype(np.float16) for g, m in zip(grays, masks)]
+        log.info("prepared %d %s %s inputs in %.1fs", len(missing), mode, normalization, time.time() - t0)
         return xs
 
     store = _cached_per_image(records, cache, "x", compute)
     if not records:
         return np.zeros((0, size, size, 1), np.float32)
     return np.stack([store[r.image] for r in records]).astype(np.float32)
+
+
+def model_input(gray: np.ndarray, lung_mask: np.ndarray | None, size: int, mode: str,
+                normalization: str) -> np.ndarray:
+    """One training film (bright = dense grey) -> the classifier's input, by the app's code."""
+    from ..modellayer.classifier import classifier_input
+
+    return classifier_input(gray, lung_mask, size, mode, normalization)[0]
 
 
 def labels_of(records: list[Record]) -> np.ndarray:
@@ -167,15 +183,65 @@ def augment_image(x: Any, size: int) -> Any:
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int, seed: int) -> Any:
+def augment_robust(x: Any, size: int) -> Any:
+    """Geometric augmentation, then the hospital-imitating set of the segmentation models
+    (``pipeline.augment_hospital``: windows, gamma, blur/sharpen, resolution loss, noise,
+    burned-in text) -- the ``rank-v1`` input's augmentation."""
+    import tensorflow as tf
+
+    from .pipeline import _affine, augment_hospital
+
+    x = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[None], transforms=_affine(size, 10.0, 0.06, (0.88, 1.15)),
+        output_shape=[size, size], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="CONSTANT")[0]
+    return augment_hospital(x, size)
+
+
+def source_class_weights(records: list[Record], y: np.ndarray, max_boost: float = MAX_PAIR_BOOST
+                         ) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-film weights: each class carries the same total weight, and inside a class each
+    source that has it carries an equal share, except that no (source, class) pair is
+    raised more than ``max_boost`` times over plain class balancing (a handful of films must
+    not be repeated into a batch's majority). Returns the weights (mean 1) and the weight
+    of one film of each pair."""
+    src = np.array([r.source for r in records])
+    n = len(y)
+    w = np.zeros(n, np.float64)
+    pairs: dict[str, float] = {}
+    for k in range(len(CLASS_NAMES)):
+        in_class = y == k
+        n_class = int(in_class.sum())
+        if not n_class:
+            continue
+        sources = sorted(set(src[in_class]))
+        for s in sources:
+            sel = in_class & (src == s)
+            share = n_class / (len(sources) * int(sel.sum()))  # equal shares inside the class
+            w[sel] = min(share, max_boost) / n_class
+    # each class the same total weight, then mean 1
+    for k in range(len(CLASS_NAMES)):
+        in_class = y == k
+        if in_class.any():
+            w[in_class] /= w[in_class].sum()
+    w *= n / w.sum()
+    for k, c in enumerate(CLASS_NAMES):
+        for s in sorted(set(src[y == k])):
+            pairs[f"{s}/{c}"] = round(float(w[(y == k) & (src == s)][0]), 4)
+    return w, pairs
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int, seed: int,
+                 robust: bool = False) -> Any:
     """Shuffled, augmented, repeated batches of (image, one-hot, sample weight)."""
     import tensorflow as tf
 
     size = int(x.shape[1])
     n_classes = len(CLASS_NAMES)
+    aug = augment_robust if robust else augment_image
     ds = tf.data.Dataset.from_tensor_slices((x, y, w.astype(np.float32)))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda a, b, c: (augment_image(a, size), tf.one_hot(b, n_classes), c),
+    ds = ds.map(lambda a, b, c: (aug(a, size), tf.one_hot(b, n_classes), c),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -189,12 +255,15 @@ def predict_logits(model: Any, x: np.ndarray, batch_size: int = 128) -> np.ndarr
 # ------------------------------------------------------------------ train
 def _datasets_for_run(data_dir: Path, split: dict, max_images: int | None, exclude_source: str | None,
                       cache_dir: Path | None) -> dict[str, Any]:
-    train, val, ieee = split_records(data_dir, split, max_images)
+    train, val, recs = split_records(data_dir, split, max_images)
     info: dict[str, Any] = {}
     test: list[Record] = []
     if exclude_source:
+        if exclude_source not in COVID_SOURCES:
+            raise ValueError(f"leave-one-source-out runs leave out a source with COVID-19 films {COVID_SOURCES}, "
+                             f"not {exclude_source!r}")
         fp_cache = cache_dir / "fingerprints.npz" if cache_dir else None
-        src_all = [r for r in ieee] if exclude_source == "ieee8023" else []
+        src_all = [r for r in recs if r.source == exclude_source]
         n_tr, n_va = len(train), len(val)
         train, d_tr = drop_source_and_duplicates(train, exclude_source, src_all, fp_cache)
         val, d_va = drop_source_and_duplicates(val, exclude_source, src_all, fp_cache)
@@ -209,8 +278,15 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
           input_mode: str, epochs: int, batch_size: int, lr: float, seed: int,
           max_images: int | None, steps_per_epoch: int | None, exclude_source: str | None,
           time_budget_s: float | None, train_fraction: float, cache_dir: Path | None,
-          mixed_precision: bool, width: int, command: str) -> dict:
-    """Train one classifier; keeps the epoch with the best validation macro AUC."""
+          mixed_precision: bool, width: int, command: str, normalization: str = LEGACY,
+          balance: str = "class") -> dict:
+    """Train one classifier; keeps the epoch with the best validation macro AUC.
+
+    ``normalization``: the model input (``rank-v1`` also switches to the hospital-imitating
+    augmentation); ``balance``: ``class`` weights, or ``source-class`` (see
+    :func:`source_class_weights`)."""
+    if balance not in BALANCING:
+        raise ValueError(f"unknown balancing {balance!r} (known: {BALANCING})")
     import keras
 
     from .classifier_architectures import build_classifier
@@ -221,10 +297,14 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
     sets = _datasets_for_run(data_dir, split, max_images, exclude_source, cache_dir)
     va = sets["val"]
     tr = training_sets(sets["train"], va, train_fraction)
-    xtr, ytr = load_inputs(tr, input_size, input_mode, cache_dir), labels_of(tr)
-    xva, yva = load_inputs(va, input_size, input_mode, cache_dir), labels_of(va)
+    xtr, ytr = load_inputs(tr, input_size, input_mode, cache_dir, normalization), labels_of(tr)
+    xva, yva = load_inputs(va, input_size, input_mode, cache_dir, normalization), labels_of(va)
     counts = np.bincount(ytr, minlength=len(CLASS_NAMES))
     cw = len(ytr) / (len(CLASS_NAMES) * np.maximum(counts, 1))
+    if balance == "source-class":
+        sample_w, pair_w = source_class_weights(tr, ytr)
+    else:
+        sample_w, pair_w = cw[ytr], {}
     log.info("train %d (%s), val %d, class weights %s, data ready in %.1fs", len(tr),
              dict(zip(CLASS_NAMES, counts.tolist())), len(va), np.round(cw, 3), time.time() - t0)
 
@@ -268,24 +348,33 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
     callbacks = [_ValAUC(), keras.callbacks.CSVLogger(str(out / "history.csv"))]
     if time_budget_s:
         callbacks.insert(0, _TimeCosine())
-    hist = model.fit(make_dataset(xtr, ytr, cw[ytr], batch_size, seed), epochs=epochs,
+    robust = normalization == ROBUST
+    hist = model.fit(make_dataset(xtr, ytr, sample_w, batch_size, seed, robust), epochs=epochs,
                      steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     train_s = time.time() - t_fit
     epochs_run = len(hist.history.get("loss", []))
     meta = {
         "arch": arch, "architecture": f"{arch} (from scratch, grey {input_size}x{input_size}, {input_mode})",
         "input_size": input_size, "input_mode": input_mode, "width": width,
+        "input_normalization": normalization, "balance": balance, "pair_weights": pair_w,
         "params": int(model.count_params()), "epochs": epochs, "epochs_run": epochs_run,
         "best_epoch": state["best_epoch"], "best_val_macro_auc": state["best"],
         "batch_size": batch_size, "steps_per_epoch": steps, "lr": lr,
         "optimizer": f"AdamW lr {lr} cosine decay to 2% over "
                      + (f"a {time_budget_s:.0f} s wall-clock budget" if time_budget_s else f"{epochs} epochs")
                      + ", weight decay 1e-4",
-        "loss": "class-weighted softmax cross-entropy on logits", "class_weights": cw.round(4).tolist(),
+        "loss": ("class-weighted" if balance == "class" else
+                 f"source-and-class-weighted (each class equal, each source an equal share of its class, "
+                 f"a pair boosted at most {MAX_PAIR_BOOST:g}x)") + " softmax cross-entropy on logits",
+        "class_weights": cw.round(4).tolist(),
         "seed": seed, "max_images": max_images, "train_fraction": train_fraction,
         "mixed_precision": mixed_precision, "time_budget_s": time_budget_s,
-        "augmentation": "rotation +-8 deg, shift +-6%, zoom 0.9-1.12, contrast 0.8-1.2, "
-                        "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip",
+        "augmentation": ("rotation +-10 deg, shift +-6%, zoom 0.88-1.15, then the hospital set of the "
+                         "segmentation models (contrast 0.8-1.25, brightness +-0.08, gamma exp(+-0.35), "
+                         "blur/unsharp p 0.5, down/up-sampling 0.4-1.0 p 0.3, noise sigma<=0.03, burned-in "
+                         "border/text p 0.3); no flip" if robust else
+                         "rotation +-8 deg, shift +-6%, zoom 0.9-1.12, contrast 0.8-1.2, "
+                         "brightness +-0.08, gamma 0.8-1.25, Gaussian noise sigma<=0.02; no flip"),
         "n_train": len(tr), "n_val": len(va),
         "train_counts": {c: int(n) for c, n in zip(CLASS_NAMES, counts)},
         "train_by_source": {s: sum(r.source == s for r in tr) for s in SOURCES},
@@ -318,8 +407,11 @@ def class_report(y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     return rep
 
 
-def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats: int = 30) -> dict:
+def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats: int = 30,
+                    normalization: str = LEGACY) -> dict:
     """Wall time of the app's scoring path on one image (preprocess + forward [+ lungs])."""
+    from ..modellayer.classifier import classifier_input
+
     seg = None
     if mode == "lung_crop":
         from ..modellayer.lung import LungSegmenter
@@ -327,10 +419,9 @@ def measure_latency(model: Any, size: int, image: np.ndarray, mode: str, repeats
         seg = LungSegmenter()
 
     def once() -> None:
-        g = image
-        if seg is not None:
-            g = crop_to_lungs(image, seg.segment(image).mask)[0]
-        np.asarray(model(prepare_for_model(g, size)[None], training=False))
+        mask = seg.segment(image).mask if seg is not None else None
+        x = classifier_input(image, mask, size, mode, normalization)[0]
+        np.asarray(model(x[None], training=False))
 
     from .metrics import time_call
 
@@ -345,15 +436,17 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
 
     meta = json.loads((run / "train_meta.json").read_text())
     size, mode = int(meta["input_size"]), meta["input_mode"]
+    norm = meta.get("input_normalization", LEGACY)
     model = keras.saving.load_model(run / MODEL_FILE, compile=False)
     split = read_split(split_file)
     sets = _datasets_for_run(data_dir, split, max_images, (meta.get("source_disjoint") or {}).get(
         "excluded_source"), cache_dir)
     va = sets["val"]
     yva = labels_of(va)
-    lva = predict_logits(model, load_inputs(va, size, mode, cache_dir))
+    lva = predict_logits(model, load_inputs(va, size, mode, cache_dir, norm))
     pva = softmax(lva)
     summary: dict[str, Any] = {"run": str(run), "arch": meta["arch"], "input_mode": mode,
+                               "input_normalization": norm,
                                "val": class_report(yva, pva), "val_by_source": {}}
     for s in SOURCES:
         sel = np.array([r.source == s for r in va])
@@ -364,12 +457,12 @@ def evaluate(run: Path, data_dir: Path, split_file: Path, max_images: int | None
     if sets["test"]:
         te = sets["test"]
         yte = labels_of(te)
-        lte = predict_logits(model, load_inputs(te, size, mode, cache_dir))
+        lte = predict_logits(model, load_inputs(te, size, mode, cache_dir, norm))
         summary["source_disjoint_test"] = {"source": sets["info"]["excluded_source"],
                                            **class_report(yte, softmax(lte))}
         saved.update(test_logits=lte, test_y=yte,
                      test_keys=np.array([rel_key(r, data_dir) for r in te]))
-    summary["latency_cpu"] = measure_latency(model, size, read_gray(va[0].image), mode)
+    summary["latency_cpu"] = measure_latency(model, size, read_gray(va[0].image), mode, normalization=norm)
     ev = run / "eval"
     ev.mkdir(parents=True, exist_ok=True)
     model.save(ev / "inference.keras")  # what would be bundled: no optimizer state
@@ -466,13 +559,108 @@ def source_disjoint_row(run: Path) -> dict[str, Any]:
             "train_wall_time_s": meta["train_wall_time_s"]}
 
 
+def probe_records(e_tr: np.ndarray, tr: list[Record], e_va: np.ndarray, va: list[Record]) -> dict[str, Any]:
+    """:func:`source_probe.source_probe` on embeddings of training and validation records."""
+    from .source_probe import source_probe
+
+    return source_probe(e_tr, [r.source for r in tr], [r.label for r in tr],
+                        e_va, [r.source for r in va], [r.label for r in va])
+
+
+def probe_of_bundled(model_dir: Path, sets: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
+    """The source probe of a bundled classifier (its card's input, size and mode)."""
+    import keras
+
+    card = json.loads((model_dir / "card.json").read_text())
+    model = keras.saving.load_model(model_dir / card["weights_file"], compile=False)
+    size, mode = int(card["input_size"]), card.get("input_mode", "full")
+    norm = card.get("input_normalization", LEGACY)
+    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir, norm))
+    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir, norm))
+    return {"model": f"{card['name']} {card['version']} ({norm}, {mode})",
+            **probe_records(e_tr, sets["train"], e_va, sets["val"])}
+
+
+def loso_row(run: Path) -> dict[str, Any]:
+    """One leave-one-source-out run: trained without a source (and its near-duplicates),
+    scored on every frontal labelled film of it."""
+    meta = json.loads((run / "train_meta.json").read_text())
+    s = json.loads((run / "eval" / "summary.json").read_text())
+    t, v = s["source_disjoint_test"], s["val"]
+    cov = t["per_class"][COVID]
+    return {"run": run.name, "left_out": t["source"], "arch": meta["arch"], "input_mode": meta["input_mode"],
+            "input_normalization": meta.get("input_normalization", LEGACY), "balance": meta.get("balance", "class"),
+            "n_train": meta["n_train"], "train_wall_time_s": meta["train_wall_time_s"],
+            "internal_val_n": v["n"], "internal_val_macro_auc": round(v["macro_auc"], 4),
+            "test_n": t["n"], "test_counts": {c: pc["n"] for c, pc in t["per_class"].items()},
+            "test_covid_vs_rest_auc": round(t["covid_vs_rest_auc"], 4),
+            "test_macro_auc": None if math.isnan(t["macro_auc"]) else round(t["macro_auc"], 4),
+            "test_covid_sensitivity": round(cov["sensitivity"], 4),
+            "test_covid_specificity": round(cov["specificity"], 4)}
+
+
+def loso_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| left-out source | input | balancing | train films | its films (N/C/O) | COVID-vs-rest AUC on it | "
+             "macro AUC on it | internal val macro AUC | train s |", "|" + "---|" * 9]
+    for r in rows:
+        c = r["test_counts"]
+        lines.append(f"| {r['left_out']} | {r['input_normalization']} {r['input_mode']} | {r['balance']} | "
+                     f"{r['n_train']} | {c.get(NORMAL, 0)}/{c.get(COVID, 0)}/{c.get(OTHER, 0)} | "
+                     f"{r['test_covid_vs_rest_auc']:.3f} | "
+                     + (f"{r['test_macro_auc']:.3f}" if r["test_macro_auc"] is not None else "n/a")
+                     + f" | {r['internal_val_macro_auc']:.3f} | {r['train_wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def calibration_study(lva: np.ndarray, yva: np.ndarray, src: np.ndarray, min_per_bin: int = 100) -> dict[str, Any]:
+    """Temperature vs vector scaling, each cross-fitted (2 folds), ECE in equal-count bins of
+    >= ``min_per_bin`` films, overall and per source (a source with >= 2 bins' worth)."""
+    from .classifier_metrics import cross_fitted_probs, equal_mass_ece, fit_vector_scaling
+
+    def temp_apply(z: np.ndarray, t: float) -> np.ndarray:
+        return softmax(z, t)
+
+    def vec_apply(z: np.ndarray, prm: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return softmax(z * prm[0] + prm[1])
+
+    out: dict[str, Any] = {"min_films_per_bin": min_per_bin, "folds": 2}
+    raw = softmax(lva)
+    cands = {"none": raw,
+             "temperature": cross_fitted_probs(lva, yva, fit_temperature, temp_apply)[0],
+             "vector": cross_fitted_probs(lva, yva, fit_vector_scaling, vec_apply)[0]}
+    for k, p in cands.items():
+        ece, bins = equal_mass_ece(p, yva, min_per_bin)
+        row = {"ece_cross_fitted": round(ece, 4), "bins": bins,
+               "nll_cross_fitted": round(float(-np.mean(np.log(np.clip(p[np.arange(len(yva)), yva], 1e-12, 1)))), 4),
+               "by_source": {}}
+        for s_ in sorted(set(src.tolist())):
+            sel = src == s_
+            if sel.sum() >= 2 * min_per_bin:
+                e, b = equal_mass_ece(p[sel], yva[sel], min_per_bin)
+                row["by_source"][s_] = {"n": int(sel.sum()), "ece": round(e, 4), "bins": b}
+        out[k] = row
+    return out
+
+
 def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_disjoint: Path | None,
            version: str, data_dir: Path, split_file: Path, cache_dir: Path | None,
-           gate_quantile: float = 0.995, source_disjoint_compare: list[Path] | None = None) -> Path:
-    """Write ``models/<name>/``: weights, calibration, embedding stats, card, plots."""
+           gate_quantile: float = 0.995, source_disjoint_compare: list[Path] | None = None,
+           loso: list[Path] | None = None, probe_baseline: Path | None = None,
+           dropped: dict[str, str] | None = None) -> Path:
+    """Write ``models/<name>/``: weights, calibration, embedding stats, card, plots.
+
+    ``loso``: leave-one-source-out runs of the bundled recipe; ``probe_baseline``: a bundled
+    model folder whose embedding's source probe is recorded as "before" (read before this
+    export overwrites anything); ``dropped``: comparison rows left out, with the reason."""
     import keras
 
     meta = json.loads((run / "train_meta.json").read_text())
+    norm = meta.get("input_normalization", LEGACY)
+    split0 = read_split(split_file)
+    sets0 = _datasets_for_run(data_dir, split0, meta.get("max_images"), None, cache_dir)
+    probe_before = None
+    if probe_baseline is not None:
+        probe_before = probe_of_bundled(probe_baseline, sets0, cache_dir)
     summary = json.loads((run / "eval" / "summary.json").read_text())
     with np.load(run / "eval" / "predictions.npz") as z:
         lva, yva, keys = z["val_logits"], z["val_y"], z["val_keys"]
@@ -489,6 +677,8 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
                         dest / "reliability.png",
                         title=f"{name}: validation reliability (n={len(yva)})")
     ops = {c: youden_threshold(yva == k, p_cal[:, k]) for k, c in enumerate(CLASS_NAMES)}
+    val_src = np.array([str(k).split("/")[0] for k in keys])
+    cal_study = calibration_study(lva, yva, val_src)
 
     # Weak-correctness sample for the tests.
     idx = weak_check_sample(keys, yva)
@@ -497,11 +687,11 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
 
     # Embedding statistics for the domain gate: fitted on training images only.
     model = keras.saving.load_model(run / MODEL_FILE, compile=False)
-    split = read_split(split_file)
-    sets = _datasets_for_run(data_dir, split, meta.get("max_images"), None, cache_dir)
+    sets = sets0
     size, mode = int(meta["input_size"]), meta["input_mode"]
-    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir))
-    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir))
+    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir, norm))
+    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir, norm))
+    probe_after = probe_records(e_tr, sets["train"], e_va, sets["val"])
     mean, prec = fit_embedding_stats(e_tr)
     d_tr, d_va = mahalanobis(e_tr, mean, prec), mahalanobis(e_va, mean, prec)
     thr = float(np.quantile(d_va, gate_quantile))
@@ -533,11 +723,10 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
     card = {
         "name": name, "version": version, "task": "chest X-ray classification",
         "architecture": meta["architecture"], "params": meta["params"],
-        "input_size": size, "input_mode": mode,
-        "preprocessing": ("xrayviewer.modellayer.preprocessing.prepare_for_model: grey uint8 / 255, squash "
-                          "to input_size x input_size (area), shape (S, S, 1)"
-                          + ("; applied to the lung bounding box (+8% margin) from the bundled "
-                             "lung model (xrayviewer.modellayer.classifier.crop_to_lungs)" if mode == "lung_crop" else "")),
+        "input_size": size, "input_mode": mode, "input_normalization": norm,
+        "preprocessing": ("xrayviewer.modellayer.classifier.classifier_input: " + preprocessing_text(norm)
+                          + ("; applied to the lung bounding box (+8% margin) of the bundled "
+                             "lung model's mask (xrayviewer.modellayer.classifier.lung_box)" if mode == "lung_crop" else "")),
         "output": "logits (3); probabilities = softmax(logits / temperature); "
                   "layer 'cam_features' for Grad-CAM, 'embedding' for the domain gate",
         "class_names": list(CLASS_NAMES),
@@ -555,7 +744,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
             "ece_after_cross_fitted_2fold": round(ece_after_cv, 4),
             "cross_fit_temperatures": [round(t, 4) for t in cv_temps],
             "nll_before": round(nll(lva, yva, 1.0), 4), "nll_after": round(nll(lva, yva, temp), 4),
-            "target_ece": 0.03, "reliability_diagram": "reliability.png",
+            "target_ece": 0.02, "reliability_diagram": "reliability.png",
+            "validation_sources": {s_: int((val_src == s_).sum()) for s_ in sorted(set(val_src.tolist()))},
+            "comparison_equal_count_bins": cal_study,
         },
         "training_data": {
             "sources": "covid-qu-ex (Train/Val folders), nih subset, ieee8023 frontal labelled "
@@ -564,6 +755,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
             "n_train": meta["n_train"], "n_val": meta["n_val"], "train_counts": meta["train_counts"],
             "train_by_source": meta["train_by_source"], "val_by_source": meta["val_by_source"],
             "augmentation": meta["augmentation"], "loss": meta["loss"],
+            "balance": meta.get("balance", "class"), "pair_weights": meta.get("pair_weights", {}),
             "optimizer": meta["optimizer"], "epochs_run": meta["epochs_run"],
             "best_epoch": meta["best_epoch"], "batch_size": meta["batch_size"],
             "mixed_precision": meta["mixed_precision"],
@@ -572,8 +764,17 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
                     "note": "argmax sensitivity/specificity; AUC one-vs-rest on calibrated scores "
                             "(temperature does not change AUC)"},
         "source_disjoint": sd,
-        "targets": {"internal_macro_auc": 0.97, "source_disjoint_covid_vs_rest_auc": 0.80},
+        "leave_one_source_out": ({"rows": [loso_row(p) for p in loso], "markdown": loso_markdown([loso_row(p) for p in loso]),
+                                  "design": "the bundled recipe retrained without the source and without its "
+                                            "near-duplicates in other sources (fingerprint corr > 0.98), tested on "
+                                            "every frontal labelled film of it"} if loso else None),
+        "source_probe": {"method": "linear softmax regression on standardised embeddings, fitted on the training "
+                                   "films, balanced accuracy on the validation films; per class among the sources "
+                                   "that have it (>= 20 train / 5 val films): the shortcut check of DeGrave et al. 2021",
+                         "after": probe_after, "before": probe_before},
+        "targets": {"internal_macro_auc": 0.97, "source_disjoint_covid_vs_rest_auc": 0.80, "ece": 0.02},
         "comparison": rows, "comparison_markdown": markdown_table(rows),
+        "comparison_dropped": dropped or {},
         "weak_check": {"n": len(idx), "images": [str(keys[i]) for i in idx],
                        "labels": [CLASS_NAMES[int(yva[i])] for i in idx],
                        "macro_auc_at_export": round(sample_auc, 4), "macro_auc_floor": floor},

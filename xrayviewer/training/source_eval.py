@@ -77,8 +77,8 @@ def film_rows(films: list[tuple[str, Any, Record | None]], segmenter: Any, detec
         ops = detector.analyze_batch(inputs, [lr.labels for lr in lungs])
         tops: list[str | None] = [None] * len(chunk)
         if classifier is not None and detector.film_rule:
-            displays = [np.asarray(src.display if hasattr(src, "display") else src) for _, src, _ in chunk]
-            tops = [c.top_class for c in classifier.predict_batch(displays, lung_masks=[lr.mask for lr in lungs])]
+            # the film itself: the classifier's card picks its input (display image or robust)
+            tops = [c.top_class for c in classifier.predict_batch(inputs, lung_masks=[lr.mask for lr in lungs])]
             ops = [apply_film_rule(op, detector.film_rule, top) for op, top in zip(ops, tops)]
         for (key, _src, rec), fi, lr, op, top in zip(chunk, inputs, lungs, ops, tops):
             row: dict[str, Any] = {"image": key, "any_region": int(op.has_opacity), "grade": op.grade,
@@ -120,6 +120,9 @@ def summarize(source: str, subset: str, rows: list[dict[str, Any]], note: str = 
         # films whose regions the film-level rule withheld (absent without a rule)
         "n_withheld": int(sum(1 for r in rows if r.get("withheld_regions"))) if any(
             "withheld_regions" in r for r in rows) else None,
+        # the disease classifier's top class is not Normal (absent without a classifier)
+        "called_not_normal_rate": round(float(np.mean([r["top_class"] != NORMAL for r in rows])), 4)
+        if rows and all("top_class" in r for r in rows) else None,
         "severity_agreement": round(float(np.mean([r["grade"] == r["truth_grade"] for r in graded])), 4)
         if graded else None,
         "note": note,
@@ -231,12 +234,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
     """The per-source table in Markdown (README, cards)."""
     rule = any(t.get("n_withheld") is not None for t in table)
     lines = ["| source | films | n | lung Dice | opacity Dice per film (pooled) | films with a region | "
-             + ("films whose regions the film rule withheld | " if rule else "") + "severity agrees |",
-             "|---|---|---|---|---|---|" + ("---|" if rule else "") + "---|"]
+             + ("films whose regions the film rule withheld | classifier: not Normal | " if rule else "")
+             + "severity agrees |",
+             "|---|---|---|---|---|---|" + ("---|---|" if rule else "") + "---|"]
     for t in table:
         od = "-" if t["opacity_dice_per_film"] is None else (
             f"{t['opacity_dice_per_film']:.3f} ({_fmt(t['opacity_dice_pooled'])})")
-        wh = f"{t.get('n_withheld') if t.get('n_withheld') is not None else '-'} | " if rule else ""
+        wh = (f"{t.get('n_withheld') if t.get('n_withheld') is not None else '-'} | "
+              f"{_fmt(t.get('called_not_normal_rate'), True)} | ") if rule else ""
         lines.append(f"| {t['source']} | {t['subset']} | {t['n']} | {_fmt(t['lung_dice'])} | {od} | "
                      f"{t['n_any_region']} ({_fmt(t['any_region_rate'], True)}) | {wh}"
                      f"{_fmt(t['severity_agreement'], True)} |")

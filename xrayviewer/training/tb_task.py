@@ -117,10 +117,10 @@ def extract_features(records: list[Record], models_dir: Path | None = None, chun
     """The app's path for each film: load, gate, lungs, the classifier's feature maps pooled
     both ways per layer (+ the embedding of a lung-cropped input, a second pass)."""
     from ..imaging import load_image
-    from ..modellayer.classifier import DiseaseClassifier, crop_to_lungs
+    from ..modellayer.classifier import DiseaseClassifier, classifier_input
     from ..modellayer.gate import DomainGate
     from ..modellayer.lung import LungSegmenter
-    from ..modellayer.preprocessing import film_input, prepare_for_model
+    from ..modellayer.preprocessing import film_input
 
     lung = LungSegmenter(models_root=models_dir)
     clf = DiseaseClassifier(models_root=models_dir, lung_segmenter=lung)
@@ -134,11 +134,11 @@ def extract_features(records: list[Record], models_dir: Path | None = None, chun
         verdicts = gate.screen(imgs)
         films = [film_input(im) for im in imgs]
         masks = [res.mask for res in lung.segment_batch(films)]
-        grays = [np.asarray(im.display) for im in imgs]
-        scored = clf.predict_batch(grays, lung_masks=masks, heatmap=False)
-        maps, boxes = feature_maps(clf, fmodel, grays, masks)
-        crops = np.stack([prepare_for_model(crop_to_lungs(g, m)[0], clf.input_size)
-                          for g, m in zip(grays, masks)])
+        # the films themselves: the classifier's card picks its input (display or robust)
+        scored = clf.predict_batch(films, lung_masks=masks, heatmap=False)
+        maps, boxes = feature_maps(clf, fmodel, films, masks)
+        crops = np.stack([classifier_input(f, m, clf.input_size, "lung_crop", clf.normalization)[0]
+                          for f, m in zip(films, masks)])
         crop_gap = np.asarray(fmodel(crops, training=False)[-1], np.float32).mean(axis=(1, 2))
         for k, (res, m, v) in enumerate(zip(scored, masks, verdicts)):
             v = gate.confirm(v, res.embedding, clf.embedding_stats)
@@ -155,6 +155,7 @@ def extract_features(records: list[Record], models_dir: Path | None = None, chun
     out = {k: np.asarray(v) for k, v in cols.items()}
     out["classifier_sha256"] = np.asarray(clf.card.sha256)
     out["classifier_version"] = np.asarray(clf.card.version)
+    out["classifier_normalization"] = np.asarray(clf.normalization)
     return out
 
 
@@ -490,7 +491,8 @@ def train(data_dir: Path, split_file: Path, out: Path, *, seed: int, max_images:
         "operating_point_alternatives": alternatives,
         "shenzhen_val": val, "shenzhen_train": train_fit, "checks": checks,
         "classifier": {"name": "xray_classifier", "version": str(feats["classifier_version"]),
-                       "sha256": str(feats["classifier_sha256"])},
+                       "sha256": str(feats["classifier_sha256"]),
+                       "input_normalization": str(feats.get("classifier_normalization", "display-v1"))},
         "counts": {g: {"n": len(rs), "tb": sum(tb_label(r) for r in rs)} for g, rs in groups.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -543,9 +545,11 @@ def export(run: Path, models_dir: Path, name: str = MODEL_NAME, version: str = "
                            "averaged with lung-share weights (bundled lung model's mask)"),
         "params": summary["dim"] + 1,
         "input_size": 128,
-        "input_normalization": "display-v1",
-        "preprocessing": "the disease classifier's own input (DiseaseClassifier.model_input: display image / 255, "
-                         "squashed to 128x128, full film); the named layers' maps pooled (xrayviewer.modellayer.tuberculosis."
+        "input_normalization": summary["classifier"].get("input_normalization", "display-v1"),
+        "preprocessing": "the disease classifier's own input (DiseaseClassifier.model_input: "
+                         + ("the film's modality values through its rank map (rank-v1)"
+                            if summary["classifier"].get("input_normalization") == "rank-v1" else "display image / 255")
+                         + ", squashed to 128x128, full film); the named layers' maps pooled (xrayviewer.modellayer.tuberculosis."
                          "pooled: " + ("global average" if summary["pooling"] == "gap" else
                                        "weights = lung share of each cell, area-resized mask; global average "
                                        "when the mask covers < 2 %") + "), concatenated; z = (f - mean) / scale "
