@@ -47,6 +47,21 @@ def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
     sd = raw["source_disjoint"]
     assert sd["test_ieee8023"]["n"] > 300
     assert "gap_covid_vs_rest_auc" in sd
+    # the transfer record (record-classifier-transfer): every source with COVID-19 films left out
+    # by the bundled recipe, the source probe, calibration in bins of >= 100 films, candidates
+    loso = raw["leave_one_source_out"]["rows"]
+    bundled_recipe = {r["left_out"] for r in loso if r["input_normalization"] == card.input_normalization
+                      and r["input_mode"] == raw["input_mode"] and r["balance"] == "class"}
+    assert bundled_recipe == {"ieee8023", "covid-qu-ex"}
+    assert all(0.0 <= r["test_covid_vs_rest_auc"] <= 1.0 for r in loso)
+    probe = raw["source_probe"]
+    assert probe["bundled"]["per_class"] and probe["candidates"]
+    for p in (probe["bundled"], *probe["candidates"].values()):
+        assert 0 <= p["mean_within_class_balanced_accuracy"] <= 1
+    study = cal["comparison_equal_count_bins"]
+    assert study["min_films_per_bin"] >= 100 and study["temperature"]["bins"] >= 5
+    assert raw["outside_normals"]["tb-shenzhen normal (all)"]["n"] > 200
+    assert {r["input_normalization"] for r in raw["robust_input_candidates"]} == {"rank-v1"}
     for k in ("tensorflow", "keras", "numpy"):
         assert card.library_versions[k]
 
@@ -141,3 +156,32 @@ def test_card_without_class_layers_is_rejected(tmp_path: Path, card: modelstore.
     (root / MODEL_NAME / "card.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="lacks layer"):
         DiseaseClassifier(models_root=root)
+
+
+def test_robust_input_scores_do_not_move_with_the_display_window_or_the_file_format(
+        tmp_path: Path, dicom_dir: Path) -> None:
+    """A classifier on the robust input (a copy of the bundled weights with a rank-v1 card: the
+    scores are meaningless, the input path is what is tested): the window the viewer shows
+    never reaches it, and a PNG of the film's display scores (nearly) as the DICOM does."""
+    import dataclasses
+
+    import cv2
+
+    from xrayviewer.imaging import load_image
+    from xrayviewer.modellayer.lung import LungSegmenter
+
+    root = tmp_path / "models"
+    shutil.copytree(modelstore.read_card(MODEL_NAME).directory, root / MODEL_NAME)
+    raw = json.loads((root / MODEL_NAME / "card.json").read_text())
+    raw.update(input_normalization="rank-v1", input_mode="lung_crop")
+    (root / MODEL_NAME / "card.json").write_text(json.dumps(raw))
+    classifier = DiseaseClassifier(models_root=root, lung_segmenter=LungSegmenter())
+    assert classifier.normalization == "rank-v1"
+    rg1 = load_image(dicom_dir / "RG1_J2KI.dcm")
+    ref = classifier.predict(rg1, heatmap=False).probabilities
+    for preset in rg1.windows:
+        shown = dataclasses.replace(rg1, display=rg1.render(preset), default_window=preset)
+        np.testing.assert_array_equal(classifier.predict(shown, heatmap=False).probabilities, ref)
+    cv2.imwrite(str(tmp_path / "rg1.png"), rg1.display)
+    png = classifier.predict(load_image(tmp_path / "rg1.png"), heatmap=False).probabilities
+    assert np.abs(png - ref).max() < 0.05, (png, ref)

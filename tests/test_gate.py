@@ -25,7 +25,9 @@ def gate() -> DomainGate:
 
 @pytest.fixture(scope="module")
 def classifier() -> DiseaseClassifier:
-    return DiseaseClassifier()
+    from xrayviewer.modellayer.lung import LungSegmenter
+
+    return DiseaseClassifier(lung_segmenter=LungSegmenter())  # as the Analyzer builds it
 
 
 @pytest.fixture(scope="module")

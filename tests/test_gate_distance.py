@@ -97,7 +97,7 @@ def test_frontal_films_of_every_source_pass_the_whole_gate(gate: DomainGate, cla
         refused = [(Path(r.image).name, v.code, v.scores) for r, v in zip(pick, res) if not v.accepted]
         assert not refused, (source, refused)
         assert all(v.code == ACCEPTED and v.stage == "all" for v in res)
-        emb = [x.embedding for x in classifier.predict_batch([load_image(r.image).display for r in pick])]
+        emb = [x.embedding for x in classifier.predict_batch([load_image(r.image) for r in pick])]
         d = mahalanobis(np.stack(emb), classifier.embedding_stats["mean"], classifier.embedding_stats["precision"])
         assert np.all(d <= thr), (source, d.round(2))
 
@@ -151,7 +151,7 @@ def test_fit_gate_distance_end_to_end_on_a_subset(tmp_path: Path, data_dir: Path
     from xrayviewer.training.splits import make_split, write_split
 
     models = tmp_path / "models"
-    for name in ("xray_classifier", "xray_gate"):
+    for name in ("xray_classifier", "xray_gate", "lung_unet"):
         shutil.copytree(modelstore.read_card(name).directory, models / name)
     recs = read_all(data_dir, max_images=6)
     write_split(make_split(recs, data_dir, seed=0, val_fraction=0.5), tmp_path / "split.json")

@@ -123,6 +123,21 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     res = clf.predict_batch([np.full((50, 60), 128, np.uint8)])[0]
     assert res.probabilities.sum() == pytest.approx(1.0)
     assert clf.embedding_stats is not None and "threshold" in clf.embedding_stats
+    # the transfer record goes into the card and leaves the weights alone
+    sha = card.sha256
+    classifier_task.record_transfer(models, "xray_classifier", data_dir, tmp_path / "split.json",
+                                    tmp_path / "cache", [loso], [run], max_images=8)
+    modelstore.clear_cache()
+    card = modelstore.read_card("xray_classifier", models)
+    assert card.sha256 == sha == modelstore.sha256_file(card.weights_path)
+    assert [r["left_out"] for r in card.raw["leave_one_source_out"]["rows"]] == ["covid-qu-ex"]
+    outside = card.raw["outside_normals"]
+    assert set(outside) == set(classifier_task.OUTSIDE_GROUPS)
+    for g in outside.values():
+        assert sum(g["counts"].values()) == g["n"]
+    assert card.raw["robust_input_candidates"][0]["run"] == "run"
+    assert "run" in card.raw["source_probe"]["candidates"] and "bundled" in card.raw["source_probe"]
+    DiseaseClassifier(models_root=models)  # still loads
 
 
 def test_leave_one_source_out_only_for_sources_with_covid(tmp_path: Path, data_dir: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .cli_args import REPO_ROOT, add_common, add_export, add_train
 
-COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "train-gate", "export-gate",
-            "evaluate-gate", "fit-gate-distance")
+COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "record-classifier-transfer",
+            "train-gate", "export-gate", "evaluate-gate", "fit-gate-distance")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization", choices=("display-v1", "rank-v1"), default="rank-v1",
                    help="model input (xrayviewer.modellayer.preprocessing); rank-v1 also uses the "
                         "hospital-imitating augmentation (default: %(default)s)")
+    p.add_argument("--augmentation", choices=("mild", "hospital"), default=None,
+                   help="mild photometric set, or the hospital-imitating set of the segmentation models "
+                        "(default: hospital for rank-v1, mild for display-v1)")
     p.add_argument("--balance", choices=("class", "source-class"), default="source-class",
                    help="loss weights: per class, or per class with every source an equal share "
                         "(default: %(default)s)")
@@ -55,6 +58,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a bundled model folder whose source probe is recorded as 'before'")
     p.add_argument("--dropped", nargs="*", default=[], metavar="ROW=REASON",
                    help="comparison rows left out of the table, with the reason")
+    p.add_argument("--cache-dir", type=Path, default=None)
+
+    p = sub.add_parser("record-classifier-transfer",
+                       help="write leave-one-source-out runs, the source probe, the calibration comparison and "
+                            "candidate runs into a bundled classifier's card (weights untouched)")
+    add_common(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="xray_classifier")
+    p.add_argument("--loso", type=Path, nargs="*", default=[], help="leave-one-source-out runs")
+    p.add_argument("--candidates", type=Path, nargs="*", default=[], help="candidate runs not bundled")
     p.add_argument("--cache-dir", type=Path, default=None)
 
     p = sub.add_parser("train-gate", help="train the frontal-chest-X-ray gate CNN")
@@ -109,7 +123,8 @@ def run(args: argparse.Namespace, command: str) -> int:
                               exclude_source=args.exclude_source, time_budget_s=args.time_budget_s,
                               train_fraction=args.train_fraction, cache_dir=args.cache_dir,
                               mixed_precision=args.mixed_precision, width=args.width, command=command,
-                              normalization=args.normalization, balance=args.balance)
+                              normalization=args.normalization, balance=args.balance,
+                              augmentation=args.augmentation)
     elif args.cmd == "evaluate-classifier":
         classifier_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.cache_dir)
     elif args.cmd == "export-classifier":
@@ -118,6 +133,9 @@ def run(args: argparse.Namespace, command: str) -> int:
                                source_disjoint_compare=args.source_disjoint_compare, loso=args.loso,
                                probe_baseline=args.probe_baseline,
                                dropped=dict(d.split("=", 1) for d in args.dropped))
+    elif args.cmd == "record-classifier-transfer":
+        classifier_task.record_transfer(args.models_dir, args.name, args.data_dir, args.split, args.cache_dir,
+                                        args.loso, args.candidates, args.max_images)
     elif args.cmd == "train-gate":
         gate_task.train(args.data_dir, args.split, args.out, input_size=args.input_size,
                         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

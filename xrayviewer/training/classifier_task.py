@@ -54,6 +54,7 @@ CLASS_NAMES = (NORMAL, COVID, OTHER)
 SOURCES = ("covid-qu-ex", "nih", "ieee8023")
 COVID_SOURCES = ("covid-qu-ex", "ieee8023")  # the sources with COVID-19 films: leave-one-source-out runs
 BALANCING = ("class", "source-class")
+AUGMENTATIONS = ("mild", "hospital")
 # source-class balancing: a pair's weight grows at most this much over plain class balancing
 MAX_PAIR_BOOST = 4.0
 MODEL_FILE = "model.keras"
@@ -279,12 +280,15 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
           max_images: int | None, steps_per_epoch: int | None, exclude_source: str | None,
           time_budget_s: float | None, train_fraction: float, cache_dir: Path | None,
           mixed_precision: bool, width: int, command: str, normalization: str = LEGACY,
-          balance: str = "class") -> dict:
+          balance: str = "class", augmentation: str | None = None) -> dict:
     """Train one classifier; keeps the epoch with the best validation macro AUC.
 
-    ``normalization``: the model input (``rank-v1`` also switches to the hospital-imitating
-    augmentation); ``balance``: ``class`` weights, or ``source-class`` (see
-    :func:`source_class_weights`)."""
+    ``normalization``: the model input; ``augmentation``: ``mild`` or ``hospital`` (default:
+    ``hospital`` for ``rank-v1``, ``mild`` otherwise); ``balance``: ``class`` weights, or
+    ``source-class`` (see :func:`source_class_weights`)."""
+    augmentation = augmentation or ("hospital" if normalization == ROBUST else "mild")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r} (known: {AUGMENTATIONS})")
     if balance not in BALANCING:
         raise ValueError(f"unknown balancing {balance!r} (known: {BALANCING})")
     import keras
@@ -348,7 +352,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
     callbacks = [_ValAUC(), keras.callbacks.CSVLogger(str(out / "history.csv"))]
     if time_budget_s:
         callbacks.insert(0, _TimeCosine())
-    robust = normalization == ROBUST
+    robust = augmentation == "hospital"
     hist = model.fit(make_dataset(xtr, ytr, sample_w, batch_size, seed, robust), epochs=epochs,
                      steps_per_epoch=steps, callbacks=callbacks, verbose=2)
     train_s = time.time() - t_fit
@@ -357,6 +361,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
         "arch": arch, "architecture": f"{arch} (from scratch, grey {input_size}x{input_size}, {input_mode})",
         "input_size": input_size, "input_mode": input_mode, "width": width,
         "input_normalization": normalization, "balance": balance, "pair_weights": pair_w,
+        "augmentation_set": augmentation,
         "params": int(model.count_params()), "epochs": epochs, "epochs_run": epochs_run,
         "best_epoch": state["best_epoch"], "best_val_macro_auc": state["best"],
         "batch_size": batch_size, "steps_per_epoch": steps, "lr": lr,
@@ -798,3 +803,115 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
     log.info("exported %s: val macro AUC %.4f, T %.3f, ECE %.4f -> %.4f (cv %.4f), floor %.2f",
              name, summary["val"]["macro_auc"], temp, ece_before, ece_after_in, ece_after_cv, floor)
     return dest
+
+
+# ------------------------------------------------------------------ transfer record (card only)
+OUTSIDE_GROUPS = ("nih val No_findings", "tb-shenzhen normal (all)")
+
+
+def outside_normals(model: Any, size: int, mode: str, norm: str, data_dir: Path, split: dict,
+                    max_images: int | None = None) -> dict[str, Any]:
+    """Normal films the classifier did not train on, loaded as the app loads them: the share
+    called COVID-19 or Other pneumonia (arg-max). NIH No_findings of the val side, and every
+    Shenzhen normal film (a hospital no classifier trains on)."""
+    from ..imaging import load_image
+    from ..modellayer.classifier import classifier_input
+    from ..modellayer.lung import LungSegmenter
+    from ..modellayer.preprocessing import film_input
+
+    recs = read_all(data_dir, ("nih", "tb-shenzhen"), max_images)
+    a = split["assignment"]
+    groups = {OUTSIDE_GROUPS[0]: [r for r in recs if r.source == "nih" and r.label == NORMAL
+                                  and a.get(rel_key(r, data_dir)) == "val"],
+              OUTSIDE_GROUPS[1]: [r for r in recs if r.source == "tb-shenzhen" and r.label == NORMAL]}
+    seg = LungSegmenter() if mode == "lung_crop" else None
+    out: dict[str, Any] = {}
+    for g, rs in groups.items():
+        tops: list[int] = []
+        for start in range(0, len(rs), 32):
+            imgs = [load_image(r.image) for r in rs[start:start + 32]]
+            films = [film_input(im) for im in imgs]
+            masks = [x.mask for x in seg.segment_batch(films)] if seg else [None] * len(films)
+            x = np.stack([classifier_input(f if norm == ROBUST else im, m, size, mode, norm)[0]
+                          for f, im, m in zip(films, imgs, masks)])
+            tops.extend(predict_logits(model, x).argmax(axis=1).tolist())
+        t = np.array(tops, np.int64)
+        out[g] = {"n": len(t), "called_not_normal": round(float((t != 0).mean()), 4) if len(t) else None,
+                  "counts": {c: int((t == k).sum()) for k, c in enumerate(CLASS_NAMES)}}
+    return out
+
+
+def _earlier_source_disjoint_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's earlier ieee8023 source-disjoint runs (``source_disjoint.by_input_mode``) as
+    leave-one-source-out rows (display input, class weights: the v1 recipes)."""
+    rows = []
+    sd = card.get("source_disjoint") or {}
+    for r in sd.get("by_input_mode", []):
+        t = sd.get("test_ieee8023", {}).get("per_class", {}) if r["run"] == sd.get("run") else {}
+        rows.append({"run": r["run"], "left_out": "ieee8023", "arch": r["arch"], "input_mode": r["input_mode"],
+                     "input_normalization": LEGACY, "balance": "class", "n_train": r["n_train"],
+                     "train_wall_time_s": r["train_wall_time_s"], "internal_val_n": r["internal_val_n"],
+                     "internal_val_macro_auc": r["internal_val_macro_auc"], "test_n": r["ieee8023_n"],
+                     "test_counts": {c: pc["n"] for c, pc in t.items()},
+                     "test_covid_vs_rest_auc": r["ieee8023_covid_vs_rest_auc"],
+                     "test_macro_auc": r["ieee8023_macro_auc"],
+                     "test_covid_sensitivity": r["ieee8023_covid_sensitivity"],
+                     "test_covid_specificity": r["ieee8023_covid_specificity"]})
+    return rows
+
+
+def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Path, cache_dir: Path | None,
+                    loso: list[Path], candidates: list[Path], max_images: int | None = None) -> dict[str, Any]:
+    """Write what says whether a bundled classifier's scores transfer into its card, leaving the
+    weights alone: leave-one-source-out runs of its recipe, the source probe of its embedding
+    (and of candidate runs), the calibration comparison in equal-count bins, the normal films of
+    sources outside training called disease, and the candidate runs' rows."""
+    import keras
+
+    dest = models_dir / name
+    card = json.loads((dest / "card.json").read_text())
+    card.pop("schema_version", None)
+    split = read_split(split_file)
+    sets = _datasets_for_run(data_dir, split, max_images, None, cache_dir)
+    va = sets["val"]
+    yva = labels_of(va)
+    src = np.array([r.source for r in va])
+    size, mode = int(card["input_size"]), card.get("input_mode", "full")
+    norm = card.get("input_normalization", LEGACY)
+    model = keras.saving.load_model(dest / card["weights_file"], compile=False)
+    lva = predict_logits(model, load_inputs(va, size, mode, cache_dir, norm))
+    card["calibration"]["comparison_equal_count_bins"] = calibration_study(lva, yva, src)
+    card["calibration"]["target_ece"] = 0.02
+    probe = {"method": "linear softmax regression on standardised embeddings, fitted on the training films, "
+                       "balanced accuracy on the validation films; per class among the sources that have it "
+                       "(>= 20 train / 5 val films): the shortcut check of DeGrave et al. 2021",
+             "bundled": probe_of_bundled(dest, sets, cache_dir), "candidates": {}}
+    rows = []
+    for run in candidates:
+        meta = json.loads((run / "train_meta.json").read_text())
+        m = keras.saving.load_model(run / MODEL_FILE, compile=False)
+        c_size, c_mode = int(meta["input_size"]), meta["input_mode"]
+        c_norm = meta.get("input_normalization", LEGACY)
+        e_tr = embedding_features(m, load_inputs(sets["train"], c_size, c_mode, cache_dir, c_norm))
+        e_va = embedding_features(m, load_inputs(va, c_size, c_mode, cache_dir, c_norm))
+        probe["candidates"][run.name] = probe_records(e_tr, sets["train"], e_va, va)
+        row = comparison_row(run)
+        row.update(input_normalization=c_norm, balance=meta.get("balance", "class"),
+                   augmentation_set=meta.get("augmentation_set", "hospital" if c_norm == ROBUST else "mild"),
+                   val_macro_auc_by_source={s: round(b["macro_auc"], 4) for s, b in json.loads(
+                       (run / "eval" / "summary.json").read_text())["val_by_source"].items()},
+                   outside_normals=outside_normals(m, c_size, c_mode, c_norm, data_dir, split, max_images),
+                   probe_within_class=probe["candidates"][run.name]["mean_within_class_balanced_accuracy"])
+        rows.append(row)
+    card["source_probe"] = probe
+    card["outside_normals"] = outside_normals(model, size, mode, norm, data_dir, split, max_images)
+    if loso:
+        lrows = _earlier_source_disjoint_rows(card) + [loso_row(p) for p in loso]
+        card["leave_one_source_out"] = {
+            "rows": lrows, "markdown": loso_markdown(lrows),
+            "design": "a recipe retrained without the source and without its near-duplicates in other sources "
+                      "(fingerprint corr > 0.98), tested on every frontal labelled film of it"}
+    card["robust_input_candidates"] = rows
+    write_card(dest, card, ClassifierCard)
+    log.info("recorded transfer figures in %s", dest / "card.json")
+    return card

@@ -105,7 +105,8 @@ def measure(items: Sequence[Any], gate: Any, clf: Any, chunk: int = 64,
         ok = [k for k, g in enumerate(grays) if g.ndim == 2]
         e = np.full((len(imgs), 0), np.nan)
         if ok:
-            res = clf.predict_batch([grays[k] for k in ok])
+            # the image itself: the classifier's card picks its input (display or robust)
+            res = clf.predict_batch([imgs[k] for k in ok])
             d = len(res[0].embedding)
             e = np.full((len(imgs), d), np.nan, np.float64)
             for k, rr in zip(ok, res):
@@ -365,7 +366,10 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     split = read_split(split_file)
     modelstore.clear_cache()
-    clf = DiseaseClassifier(classifier_name, models_dir)
+    from ..modellayer.lung import LungSegmenter
+
+    # with the app's lung model: a lung-cropped classifier input needs the lung mask
+    clf = DiseaseClassifier(classifier_name, models_dir, lung_segmenter=LungSegmenter(models_root=models_dir))
     gate = DomainGate(gate_name, models_dir)
     old_stats = clf.embedding_stats
     old_block = clf.card.raw.get("mahalanobis")

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..modellayer.preprocessing import LEGACY, ROBUST, prepare_for_model, resize
+from ..modellayer.preprocessing import LEGACY, prepare_for_model, resize
 from .datasets import Record, read_gray, read_mask
 
 log = logging.getLogger(__name__)

@@ -144,7 +144,7 @@ def run(data_dir: Path, split_file: Path, out: Path, models_dir: Path | None = N
         from ..modellayer.classifier import DiseaseClassifier
 
         # The rule's classifier is the bundled one (models/), as in the app.
-        classifier = DiseaseClassifier(models_root=classifier_dir)
+        classifier = DiseaseClassifier(models_root=classifier_dir, lung_segmenter=segmenter)
     split = read_split(split_file)
     recs = read_all(data_dir, ("covid-qu-ex", "nih", "ieee8023", "generalblockchain", "tb-shenzhen"), max_images)
 
