@@ -26,13 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=16, help="compact CNN base width")
     p.add_argument("--exclude-source", choices=("ieee8023", "covid-qu-ex"), default=None,
                    help="leave-one-source-out run: drop this source and its near-duplicates, test on it")
-    p.add_argument("--normalization", choices=("display-v1", "rank-v1"), default="rank-v1",
+    p.add_argument("--normalization", choices=("display-v1", "rank-v1"), default="display-v1",
                    help="model input (xrayviewer.modellayer.preprocessing); rank-v1 also uses the "
                         "hospital-imitating augmentation (default: %(default)s)")
     p.add_argument("--augmentation", choices=("mild", "hospital"), default=None,
                    help="mild photometric set, or the hospital-imitating set of the segmentation models "
                         "(default: hospital for rank-v1, mild for display-v1)")
-    p.add_argument("--balance", choices=("class", "source-class"), default="source-class",
+    p.add_argument("--balance", choices=("class", "source-class"), default="class",
                    help="loss weights: per class, or per class with every source an equal share "
                         "(default: %(default)s)")
     p.add_argument("--time-budget-s", type=float, default=None, help="stop after this much training")
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                                dropped=dict(d.split("=", 1) for d in args.dropped))
     elif args.cmd == "record-classifier-transfer":
         classifier_task.record_transfer(args.models_dir, args.name, args.data_dir, args.split, args.cache_dir,
-                                        args.loso, args.candidates, args.max_images)
+                                        args.loso, args.candidates, args.max_images, command)
     elif args.cmd == "train-gate":
         gate_task.train(args.data_dir, args.split, args.out, input_size=args.input_size,
                         width=args.width, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

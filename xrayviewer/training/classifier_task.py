@@ -605,11 +605,11 @@ def loso_row(run: Path) -> dict[str, Any]:
 
 
 def loso_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| left-out source | input | balancing | train films | its films (N/C/O) | COVID-vs-rest AUC on it | "
-             "macro AUC on it | internal val macro AUC | train s |", "|" + "---|" * 9]
+    lines = ["| left-out source | run | input | balancing | train films | its films (N/C/O) | COVID-vs-rest AUC on it | "
+             "macro AUC on it | internal val macro AUC | train s |", "|" + "---|" * 10]
     for r in rows:
         c = r["test_counts"]
-        lines.append(f"| {r['left_out']} | {r['input_normalization']} {r['input_mode']} | {r['balance']} | "
+        lines.append(f"| {r['left_out']} | {r['run']} | {r['input_normalization']} {r['input_mode']} | {r['balance']} | "
                      f"{r['n_train']} | {c.get(NORMAL, 0)}/{c.get(COVID, 0)}/{c.get(OTHER, 0)} | "
                      f"{r['test_covid_vs_rest_auc']:.3f} | "
                      + (f"{r['test_macro_auc']:.3f}" if r["test_macro_auc"] is not None else "n/a")
@@ -847,7 +847,7 @@ def _earlier_source_disjoint_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     sd = card.get("source_disjoint") or {}
     for r in sd.get("by_input_mode", []):
-        t = sd.get("test_ieee8023", {}).get("per_class", {}) if r["run"] == sd.get("run") else {}
+        t = sd.get("test_ieee8023", {}).get("per_class", {})  # one test set for every such run
         rows.append({"run": r["run"], "left_out": "ieee8023", "arch": r["arch"], "input_mode": r["input_mode"],
                      "input_normalization": LEGACY, "balance": "class", "n_train": r["n_train"],
                      "train_wall_time_s": r["train_wall_time_s"], "internal_val_n": r["internal_val_n"],
@@ -861,7 +861,8 @@ def _earlier_source_disjoint_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Path, cache_dir: Path | None,
-                    loso: list[Path], candidates: list[Path], max_images: int | None = None) -> dict[str, Any]:
+                    loso: list[Path], candidates: list[Path], max_images: int | None = None,
+                    command: str = "") -> dict[str, Any]:
     """Write what says whether a bundled classifier's scores transfer into its card, leaving the
     weights alone: leave-one-source-out runs of its recipe, the source probe of its embedding
     (and of candidate runs), the calibration comparison in equal-count bins, the normal films of
@@ -912,6 +913,9 @@ def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Pat
             "design": "a recipe retrained without the source and without its near-duplicates in other sources "
                       "(fingerprint corr > 0.98), tested on every frontal labelled film of it"}
     card["robust_input_candidates"] = rows
+    card["transfer_record"] = {"command": command, "date": time.strftime("%Y-%m-%d"),
+                               "hardware": hardware_info(), "note": "figures only; the weights and their "
+                               "sha256 are the exported ones"}
     write_card(dest, card, ClassifierCard)
     log.info("recorded transfer figures in %s", dest / "card.json")
     return card
