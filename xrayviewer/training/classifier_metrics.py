@@ -136,16 +136,7 @@ def cross_fitted_ece(logits: np.ndarray, y: np.ndarray, folds: int = 2, seed: in
 
     Fitting and measuring on the same images flatters calibration; this does not.
     """
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(y))
-    parts = np.array_split(idx, folds)
-    probs = np.zeros((len(y), logits.shape[1]))
-    temps = []
-    for i, test in enumerate(parts):
-        fit = np.concatenate([p for j, p in enumerate(parts) if j != i])
-        t = fit_temperature(logits[fit], y[fit])
-        temps.append(t)
-        probs[test] = softmax(logits[test], t)
+    probs, temps = cross_fitted_probs(logits, y, fit_temperature, softmax, folds, seed)
     return expected_calibration_error(probs, y, n_bins), temps
 
 
