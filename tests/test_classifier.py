@@ -61,7 +61,7 @@ def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
     study = cal["comparison_equal_count_bins"]
     assert study["min_films_per_bin"] >= 100 and study["temperature"]["bins"] >= 5
     assert raw["outside_normals"]["tb-shenzhen normal (all)"]["n"] > 200
-    assert {r["input_normalization"] for r in raw["robust_input_candidates"]} == {"rank-v1"}
+    assert "rank-v1" in {r["input_normalization"] for r in raw["robust_input_candidates"]}
     for k in ("tensorflow", "keras", "numpy"):
         assert card.library_versions[k]
 
