@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..inference.result import AnalysisResult
+from ..inference.result import AnalysisResult, record_flag
 from ..rendering import ViewState
 from ..rendering.overlay import BOX_COLOR, OverlayOptions
 
@@ -56,14 +56,7 @@ def summary_line(result: AnalysisResult) -> tuple[str, str]:
 def _is_finding(top: str | None, covid_positive: Any, regions: Any, severity: str | None,
                 tb_positive: Any = None) -> bool:
     return bool((top and top != "Normal") or covid_positive or regions or (severity not in (None, "", "none"))
-                or _flag(tb_positive))
-
-
-def _flag(value: Any) -> bool:
-    """A recorded flag: a bool, or its text in a CSV row ("True"/"False"/"")."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
+                or record_flag(tb_positive))
 
 
 def badge_kind(record: dict[str, Any]) -> str:
@@ -93,7 +86,7 @@ def record_summary(record: dict[str, Any]) -> str:
                 else "no opacity; ") + text
     tb = record.get("prob_tuberculosis")
     if tb is not None and tb != "":
-        text += f"; TB {float(tb) * 100:.0f} %" + (" (flagged)" if _flag(record.get("tb_positive")) else "")
+        text += f"; TB {float(tb) * 100:.0f} %" + (" (flagged)" if record_flag(record.get("tb_positive")) else "")
     return text
 
 

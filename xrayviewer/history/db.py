@@ -68,7 +68,9 @@ EXPORT_COLUMNS = ("id", "created_at", "origin", "input_path", "input_sha256", "s
 
 
 def _bool_or_none(value: Any) -> bool | None:
-    """A stored flag (bool, 0/1, "True"/"False" from a CSV row) as a bool; None when absent."""
+    """A stored flag (bool, 0/1, "True"/"False" from a CSV row) as a bool; None when absent.
+    (``inference.result.record_flag`` reads the same text; the history room imports no
+    inference, and it keeps "absent" apart from False.)"""
     if value is None or value == "":
         return None
     if isinstance(value, str):

@@ -158,6 +158,14 @@ class AnalysisResult:
         return rec
 
 
+def record_flag(value: Any) -> bool:
+    """A flag of a result record as read back: a bool, or its text in a ``results.csv`` row
+    ("True"/"False"/"", also "1"/"yes"); absent or empty is False."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
 def unanalysed_record(path: str, status: str, reason: str, *, seconds: float = 0.0, file_sha256: str = "",
                       gate_code: str = "") -> dict[str, Any]:
     """The CSV/JSON row of a file no model looked at: it could not be loaded or analysed

@@ -21,7 +21,7 @@ import numpy as np
 from .. import RESEARCH_NOTICE, __version__
 from ..fsutil import atomic_write_bytes
 from ..imaging import XRayImage
-from ..inference.result import CLASS_NAMES, AnalysisResult
+from ..inference.result import CLASS_NAMES, AnalysisResult, record_flag
 from ..rendering.overlay import OverlayOptions, compose_overlay
 from .deid import safe_stem
 
@@ -286,7 +286,7 @@ def _summary(doc: _Doc, rows: Sequence[dict], *, generated: str) -> None:
         name = name if len(name) <= 32 else name[:29] + "..."
         covid = r.get("prob_covid19")
         tb = r.get("prob_tuberculosis")
-        flagged = str(r.get("tb_positive")).lower() in ("true", "1")
+        flagged = record_flag(r.get("tb_positive"))
         inv = r.get("involvement_total_pct")
         status = r.get("status", "")
         doc.row((name, status, (r.get("predicted_class") or "-") if status == "ok" else (r.get("reason") or "")[:22],
