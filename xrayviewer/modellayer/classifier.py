@@ -29,8 +29,9 @@ import numpy as np
 from ..errors import ModelError
 from . import modelstore
 from .cards import CardFields
-from .common import BundledModel, image_shape, softmax
-from .preprocessing import LEGACY, ROBUST, FilmInput, film_input, prepare_for_model, resize
+from .common import BundledModel, box_heatmap, image_shape, softmax
+from .postprocess import grown_box
+from .preprocessing import LEGACY, ROBUST, FilmInput, film_input, mask_at, prepare_for_model, resize
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,15 @@ def lung_box(lung_mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, i
     A tiny or empty mask means segmentation failed; callers then use the whole image
     rather than a meaningless crop.
     """
-    m = np.asarray(lung_mask) > 0
-    if m.ndim != 2 or m.mean() < MIN_LUNG_FRACTION:
-        return None
-    rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    dr, dc = int(round((r1 - r0) * margin)), int(round((c1 - c0) * margin))
-    h, w = m.shape
-    return max(0, r0 - dr), min(h, r1 + dr), max(0, c0 - dc), min(w, c1 + dc)
+    return grown_box(lung_mask, margin, MIN_LUNG_FRACTION)
+
+
+def _crop_box(lung_mask: np.ndarray | None, shape: tuple[int, int],
+              margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The lung crop's (r0, r1, c0, c1) in an image of ``shape`` (the mask may be at another
+    resolution); the whole image when there is no usable mask."""
+    box = None if lung_mask is None else lung_box(mask_at(lung_mask, shape), margin)
+    return box if box is not None else (0, shape[0], 0, shape[1])
 
 
 def crop_to_lungs(gray: np.ndarray, lung_mask: np.ndarray | None,
@@ -69,16 +71,7 @@ def crop_to_lungs(gray: np.ndarray, lung_mask: np.ndarray | None,
     Returns the crop and the box; falls back to the whole image when the mask is unusable.
     """
     g = np.asarray(gray)
-    h, w = g.shape[:2]
-    box = None
-    if lung_mask is not None:
-        mask = np.asarray(lung_mask)
-        if mask.shape != g.shape[:2]:
-            mask = resize(mask.astype(np.float32), (h, w)) > 0.5
-        box = lung_box(mask, margin)
-    if box is None:
-        box = (0, h, 0, w)
-    r0, r1, c0, c1 = box
+    r0, r1, c0, c1 = box = _crop_box(lung_mask, g.shape[:2], margin)
     return g[r0:r1, c0:c1], box
 
 
@@ -104,15 +97,9 @@ def classifier_input(image: Any, lung_mask: np.ndarray | None, size: int, mode: 
         raise ValueError(f"unknown input normalization {normalization!r}")
     fi = image if isinstance(image, FilmInput) else film_input(image)
     h, w = fi.shape
-    box = None
-    if mode == "lung_crop" and lung_mask is not None:
-        m = np.asarray(lung_mask)
-        if m.shape != (h, w):
-            m = resize(m.astype(np.float32), (h, w)) > 0.5
-        box = lung_box(m)
-    if box is None:
-        return fi.model_array(size), (0, h, 0, w)
-    r0, r1, c0, c1 = box
+    r0, r1, c0, c1 = box = _crop_box(lung_mask if mode == "lung_crop" else None, (h, w))
+    if box == (0, h, 0, w):
+        return fi.model_array(size), box
     return fi.model_array(size, (c0, r0, c1, r1)), box
 
 
@@ -342,17 +329,5 @@ class DiseaseClassifier(BundledModel):
                       lung_mask: np.ndarray | None) -> np.ndarray:
         """Feature-resolution CAM -> [0, 1] map at the image's (rows, cols), lung-masked."""
         r0, r1, c0, c1 = box
-        heat = np.zeros(shape, np.float32)
-        inside = resize(cam.astype(np.float32), (r1 - r0, c1 - c0))
-        heat[r0:r1, c0:c1] = np.maximum(inside, 0.0, out=inside)
-        # In place from here on: one full-size array per heatmap, no float temporaries.
-        if lung_mask is not None:
-            m = np.asarray(lung_mask)
-            if m.shape != shape:
-                m = resize(m.astype(np.float32), shape) > 0.5
-            np.multiply(heat, m if m.dtype == bool else m > 0, out=heat)
-        peak = float(heat[r0:r1, c0:c1].max(initial=0.0))
-        if peak > 0:
-            heat /= np.float32(peak)
-        return heat
+        return box_heatmap(resize(cam.astype(np.float32), (r1 - r0, c1 - c0)), box, shape, lung_mask)
 

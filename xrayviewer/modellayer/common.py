@@ -22,7 +22,7 @@ import numpy as np
 
 from . import modelstore
 from .cards import CardSection
-from .preprocessing import LEGACY, mask_to_full_resolution, prepare_for_model
+from .preprocessing import LEGACY, mask_at, mask_to_full_resolution, prepare_for_model
 
 
 # ------------------------------------------------------------------ scores
@@ -82,6 +82,23 @@ def predict_probabilities(model: Any, images: Sequence[Any], input_size: int,
     training evaluation's path)."""
     maps = predict_model_maps(model, images, input_size, batch_size, normalization)
     return [mask_to_full_resolution(p, image_shape(img)) for img, p in zip(images, maps)]
+
+
+def box_heatmap(inside: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],
+                lung_mask: np.ndarray | None) -> np.ndarray:
+    """A heatmap at the image's (rows, cols): ``inside`` (the map over the box (r0, r1, c0,
+    c1), already at the box's size) placed in the box, positive part, masked to the lungs,
+    scaled to [0, 1] by the film's own maximum -- the classifier's Grad-CAM and the TB head's
+    map alike. In place from the first full-size array on: one per heatmap."""
+    r0, r1, c0, c1 = box
+    heat = np.zeros(shape, np.float32)
+    heat[r0:r1, c0:c1] = np.maximum(inside, 0.0)
+    if lung_mask is not None:
+        np.multiply(heat, mask_at(lung_mask, shape), out=heat)
+    peak = float(heat.max(initial=0.0))
+    if peak > 0:
+        heat /= np.float32(peak)
+    return heat
 
 
 # ------------------------------------------------------------------ loaded model

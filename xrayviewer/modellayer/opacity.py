@@ -47,7 +47,7 @@ from scipy import ndimage
 
 from .cards import CardFields
 from .common import BundledModel, image_shape
-from .postprocess import LEFT_LUNG, RIGHT_LUNG, downscale_labels, working_shape
+from .postprocess import LEFT_LUNG, RIGHT_LUNG, downscale_labels, grown_box, working_shape
 from .preprocessing import LEGACY, ROBUST, film_input, mask_to_full_resolution, prepare_for_model
 
 log = logging.getLogger(__name__)
@@ -375,16 +375,11 @@ def lung_box(lung_labels: np.ndarray | None, shape: tuple[int, int],
     """(x0, y0, x1, y1), exclusive ends: the lung fields' bounding box grown by ``margin``
     of its size on each side, clipped to the image; the whole image without lungs."""
     rows, cols = shape
-    if lung_labels is None:
+    box = None if lung_labels is None else grown_box(lung_labels, margin, min_extent=2)
+    if box is None:
         return (0, 0, cols, rows)
-    lung = np.asarray(lung_labels) > 0
-    ys = np.flatnonzero(lung.any(axis=1))
-    xs = np.flatnonzero(lung.any(axis=0))
-    if len(ys) < 2 or len(xs) < 2:
-        return (0, 0, cols, rows)
-    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-    my, mx = int(round(margin * (y1 - y0))), int(round(margin * (x1 - x0)))
-    return (max(0, x0 - mx), max(0, y0 - my), min(cols, x1 + mx), min(rows, y1 + my))
+    r0, r1, c0, c1 = box
+    return (c0, r0, c1, r1)
 
 
 def predict_model_maps(model: Any, films: Sequence[Any], boxes: Sequence[tuple[int, int, int, int] | None],

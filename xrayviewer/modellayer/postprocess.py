@@ -150,3 +150,22 @@ def split_lungs(mask: np.ndarray) -> np.ndarray:
 def lung_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Probability map -> cleaned label mask (0/1/2), same shape as ``prob``."""
     return split_lungs(clean_binary(prob, threshold))
+
+
+def grown_box(mask: np.ndarray, margin: float, min_fraction: float = 0.0,
+              min_extent: int = 1) -> tuple[int, int, int, int] | None:
+    """(r0, r1, c0, c1), exclusive ends: the bounding box of ``mask > 0`` grown by ``margin``
+    of its size on each side, clipped to the image. None when the mask covers less than
+    ``min_fraction`` of the image or spans fewer than ``min_extent`` rows or columns (the
+    classifier's lung crop and the opacity model's lung box both fall back to the whole film
+    then)."""
+    m = np.asarray(mask) > 0
+    if m.ndim != 2 or m.mean() < min_fraction:
+        return None
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if len(rows) < max(1, min_extent) or len(cols) < max(1, min_extent):
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    dr, dc = int(round(margin * (r1 - r0))), int(round(margin * (c1 - c0)))
+    h, w = m.shape
+    return max(0, r0 - dr), min(h, r1 + dr), max(0, c0 - dc), min(w, c1 + dc)

@@ -248,6 +248,15 @@ def _legacy_input(gray: Any, size: int) -> np.ndarray:
     return out
 
 
+def mask_at(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask as a boolean array of ``shape`` (rows, cols): resized (linear, > 0.5) when it
+    was made at another resolution."""
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        return resize(m.astype(np.float32), tuple(shape)) > 0.5
+    return m > 0
+
+
 def mask_to_full_resolution(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize a model-resolution probability map back to the input's (rows, cols)."""
     p = np.asarray(prob, dtype=np.float32)

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ModelError
 from . import modelstore
 from .cards import CardFields
-from .common import image_shape
+from .common import box_heatmap, image_shape
 from .preprocessing import resize
 
 log = logging.getLogger(__name__)
@@ -259,13 +259,4 @@ class TuberculosisHead:
                 lung_mask: np.ndarray | None) -> np.ndarray:
         """Contribution density of the TB logit at the image's (rows, cols), positive part,
         lung-masked, scaled to [0, 1] (relative to the film's own maximum, like Grad-CAM)."""
-        r0, r1, c0, c1 = box
-        heat = np.zeros(shape, np.float32)
-        heat[r0:r1, c0:c1] = np.maximum(self.density(maps, box, lung_mask), 0.0)
-        if lung_mask is not None:
-            m = np.asarray(lung_mask)
-            if m.shape != tuple(shape):
-                m = resize(m.astype(np.float32), shape) > 0.5
-            heat *= (m > 0).astype(np.float32)
-        peak = float(heat.max())
-        return heat / peak if peak > 0 else heat
+        return box_heatmap(self.density(maps, box, lung_mask), box, shape, lung_mask)
