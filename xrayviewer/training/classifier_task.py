@@ -572,18 +572,38 @@ def probe_records(e_tr: np.ndarray, tr: list[Record], e_va: np.ndarray, va: list
                         e_va, [r.source for r in va], [r.label for r in va])
 
 
-def probe_of_bundled(model_dir: Path, sets: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
-    """The source probe of a bundled classifier (its card's input, size and mode)."""
+PROBE_METHOD = ("linear softmax regression on standardised embeddings, fitted on the training films, balanced "
+                "accuracy on the validation films; per class among the sources that have it (>= 20 train / 5 val "
+                "films): the shortcut check of DeGrave et al. 2021")
+
+
+def probe_of_model(model: Any, size: int, mode: str, norm: str, sets: dict[str, Any],
+                   cache_dir: Path | None) -> dict[str, Any]:
+    """The source probe of a classifier's embedding on the split's train and val films."""
+    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir, norm))
+    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir, norm))
+    return probe_records(e_tr, sets["train"], e_va, sets["val"])
+
+
+def _bundled(model_dir: Path) -> tuple[dict[str, Any], Any, int, str, str]:
+    """A bundled classifier's card, network, input size, input mode and normalisation."""
     import keras
 
     card = json.loads((model_dir / "card.json").read_text())
     model = keras.saving.load_model(model_dir / card["weights_file"], compile=False)
-    size, mode = int(card["input_size"]), card.get("input_mode", "full")
-    norm = card.get("input_normalization", LEGACY)
-    e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir, norm))
-    e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir, norm))
+    return (card, model, int(card["input_size"]), card.get("input_mode", "full"),
+            card.get("input_normalization", LEGACY))
+
+
+def _named_probe(card: dict[str, Any], model: Any, size: int, mode: str, norm: str, sets: dict[str, Any],
+                 cache_dir: Path | None) -> dict[str, Any]:
     return {"model": f"{card['name']} {card['version']} ({norm}, {mode})",
-            **probe_records(e_tr, sets["train"], e_va, sets["val"])}
+            **probe_of_model(model, size, mode, norm, sets, cache_dir)}
+
+
+def probe_of_bundled(model_dir: Path, sets: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
+    """The source probe of a bundled classifier (its card's input, size and mode)."""
+    return _named_probe(*_bundled(model_dir), sets, cache_dir)
 
 
 def loso_row(run: Path) -> dict[str, Any]:
@@ -661,11 +681,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
 
     meta = json.loads((run / "train_meta.json").read_text())
     norm = meta.get("input_normalization", LEGACY)
-    split0 = read_split(split_file)
-    sets0 = _datasets_for_run(data_dir, split0, meta.get("max_images"), None, cache_dir)
-    probe_before = None
-    if probe_baseline is not None:
-        probe_before = probe_of_bundled(probe_baseline, sets0, cache_dir)
+    # read before anything is written: the baseline may be the folder this export replaces
+    sets = _datasets_for_run(data_dir, read_split(split_file), meta.get("max_images"), None, cache_dir)
+    probe_before = probe_of_bundled(probe_baseline, sets, cache_dir) if probe_baseline is not None else None
     summary = json.loads((run / "eval" / "summary.json").read_text())
     with np.load(run / "eval" / "predictions.npz") as z:
         lva, yva, keys = z["val_logits"], z["val_y"], z["val_keys"]
@@ -692,7 +710,6 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
 
     # Embedding statistics for the domain gate: fitted on training images only.
     model = keras.saving.load_model(run / MODEL_FILE, compile=False)
-    sets = sets0
     size, mode = int(meta["input_size"]), meta["input_mode"]
     e_tr = embedding_features(model, load_inputs(sets["train"], size, mode, cache_dir, norm))
     e_va = embedding_features(model, load_inputs(sets["val"], size, mode, cache_dir, norm))
@@ -712,6 +729,9 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
         sds = json.loads((source_disjoint / "eval" / "summary.json").read_text())
         sdm = json.loads((source_disjoint / "train_meta.json").read_text())
         t = sds["source_disjoint_test"]
+        if t["source"] != "ieee8023":  # the section's keys and text name ieee8023
+            raise ValueError(f"--source-disjoint takes the ieee8023 run; {source_disjoint} left out "
+                             f"{t['source']}: pass it with --loso")
         internal = summary["val"]
         sd = {
             "run": source_disjoint.name, "arch": sdm["architecture"],
@@ -773,10 +793,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
                                   "design": "the bundled recipe retrained without the source and without its "
                                             "near-duplicates in other sources (fingerprint corr > 0.98), tested on "
                                             "every frontal labelled film of it"} if loso else None),
-        "source_probe": {"method": "linear softmax regression on standardised embeddings, fitted on the training "
-                                   "films, balanced accuracy on the validation films; per class among the sources "
-                                   "that have it (>= 20 train / 5 val films): the shortcut check of DeGrave et al. 2021",
-                         "after": probe_after, "before": probe_before},
+        "source_probe": {"method": PROBE_METHOD, "after": probe_after, "before": probe_before},
         "targets": {"internal_macro_auc": 0.97, "source_disjoint_covid_vs_rest_auc": 0.80, "ece": 0.02},
         "comparison": rows, "comparison_markdown": markdown_table(rows),
         "comparison_dropped": dropped or {},
@@ -809,31 +826,32 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], source_d
 OUTSIDE_GROUPS = ("nih val No_findings", "tb-shenzhen normal (all)")
 
 
-def outside_normals(model: Any, size: int, mode: str, norm: str, data_dir: Path, split: dict,
-                    max_images: int | None = None) -> dict[str, Any]:
-    """Normal films the classifier did not train on, loaded as the app loads them: the share
-    called COVID-19 or Other pneumonia (arg-max). NIH No_findings of the val side, and every
-    Shenzhen normal film (a hospital no classifier trains on)."""
+def outside_groups(data_dir: Path, split: dict, max_images: int | None = None) -> dict[str, list[Record]]:
+    """Normal films no classifier trains on (:data:`OUTSIDE_GROUPS`): NIH No_findings of the
+    val side, and every Shenzhen normal film (a hospital no classifier trains on)."""
+    recs = read_all(data_dir, ("nih", "tb-shenzhen"), max_images)
+    a = split["assignment"]
+    return {OUTSIDE_GROUPS[0]: [r for r in recs if r.source == "nih" and r.label == NORMAL
+                                and a.get(rel_key(r, data_dir)) == "val"],
+            OUTSIDE_GROUPS[1]: [r for r in recs if r.source == "tb-shenzhen" and r.label == NORMAL]}
+
+
+def outside_normals(model: Any, size: int, mode: str, norm: str, groups: dict[str, list[Record]]) -> dict[str, Any]:
+    """The :func:`outside_groups` films loaded as the app loads them: the share the classifier
+    calls COVID-19 or Other pneumonia (arg-max)."""
     from ..imaging import load_image
     from ..modellayer.classifier import classifier_input
     from ..modellayer.lung import LungSegmenter
     from ..modellayer.preprocessing import film_input
 
-    recs = read_all(data_dir, ("nih", "tb-shenzhen"), max_images)
-    a = split["assignment"]
-    groups = {OUTSIDE_GROUPS[0]: [r for r in recs if r.source == "nih" and r.label == NORMAL
-                                  and a.get(rel_key(r, data_dir)) == "val"],
-              OUTSIDE_GROUPS[1]: [r for r in recs if r.source == "tb-shenzhen" and r.label == NORMAL]}
     seg = LungSegmenter() if mode == "lung_crop" else None
     out: dict[str, Any] = {}
     for g, rs in groups.items():
         tops: list[int] = []
         for start in range(0, len(rs), 32):
-            imgs = [load_image(r.image) for r in rs[start:start + 32]]
-            films = [film_input(im) for im in imgs]
+            films = [film_input(load_image(r.image)) for r in rs[start:start + 32]]
             masks = [x.mask for x in seg.segment_batch(films)] if seg else [None] * len(films)
-            x = np.stack([classifier_input(f if norm == ROBUST else im, m, size, mode, norm)[0]
-                          for f, im, m in zip(films, imgs, masks)])
+            x = np.stack([classifier_input(f, m, size, mode, norm)[0] for f, m in zip(films, masks)])
             tops.extend(predict_logits(model, x).argmax(axis=1).tolist())
         t = np.array(tops, np.int64)
         out[g] = {"n": len(t), "called_not_normal": round(float((t != 0).mean()), 4) if len(t) else None,
@@ -870,42 +888,37 @@ def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Pat
     import keras
 
     dest = models_dir / name
-    card = json.loads((dest / "card.json").read_text())
+    card, model, size, mode, norm = _bundled(dest)
     card.pop("schema_version", None)
     split = read_split(split_file)
     sets = _datasets_for_run(data_dir, split, max_images, None, cache_dir)
+    groups = outside_groups(data_dir, split, max_images)
     va = sets["val"]
     yva = labels_of(va)
     src = np.array([r.source for r in va])
-    size, mode = int(card["input_size"]), card.get("input_mode", "full")
-    norm = card.get("input_normalization", LEGACY)
-    model = keras.saving.load_model(dest / card["weights_file"], compile=False)
     lva = predict_logits(model, load_inputs(va, size, mode, cache_dir, norm))
     card["calibration"]["comparison_equal_count_bins"] = calibration_study(lva, yva, src)
     card["calibration"]["target_ece"] = 0.02
-    probe = {"method": "linear softmax regression on standardised embeddings, fitted on the training films, "
-                       "balanced accuracy on the validation films; per class among the sources that have it "
-                       "(>= 20 train / 5 val films): the shortcut check of DeGrave et al. 2021",
-             "bundled": probe_of_bundled(dest, sets, cache_dir), "candidates": {}}
+    probe = {"method": PROBE_METHOD,
+             "bundled": _named_probe(card, model, size, mode, norm, sets, cache_dir),
+             "candidates": {}}
     rows = []
     for run in candidates:
         meta = json.loads((run / "train_meta.json").read_text())
         m = keras.saving.load_model(run / MODEL_FILE, compile=False)
         c_size, c_mode = int(meta["input_size"]), meta["input_mode"]
         c_norm = meta.get("input_normalization", LEGACY)
-        e_tr = embedding_features(m, load_inputs(sets["train"], c_size, c_mode, cache_dir, c_norm))
-        e_va = embedding_features(m, load_inputs(va, c_size, c_mode, cache_dir, c_norm))
-        probe["candidates"][run.name] = probe_records(e_tr, sets["train"], e_va, va)
+        probe["candidates"][run.name] = probe_of_model(m, c_size, c_mode, c_norm, sets, cache_dir)
         row = comparison_row(run)
         row.update(input_normalization=c_norm, balance=meta.get("balance", "class"),
                    augmentation_set=meta.get("augmentation_set", "hospital" if c_norm == ROBUST else "mild"),
                    val_macro_auc_by_source={s: round(b["macro_auc"], 4) for s, b in json.loads(
                        (run / "eval" / "summary.json").read_text())["val_by_source"].items()},
-                   outside_normals=outside_normals(m, c_size, c_mode, c_norm, data_dir, split, max_images),
+                   outside_normals=outside_normals(m, c_size, c_mode, c_norm, groups),
                    probe_within_class=probe["candidates"][run.name]["mean_within_class_balanced_accuracy"])
         rows.append(row)
     card["source_probe"] = probe
-    card["outside_normals"] = outside_normals(model, size, mode, norm, data_dir, split, max_images)
+    card["outside_normals"] = outside_normals(model, size, mode, norm, groups)
     if loso:
         lrows = _earlier_source_disjoint_rows(card) + [loso_row(p) for p in loso]
         card["leave_one_source_out"] = {
