@@ -111,7 +111,8 @@ def check_header(image: Any) -> GateVerdict | None:
 
 
 def grey_pixels(image: Any) -> np.ndarray:
-    """What the gate CNN and the classifier see: an ``XRayImage``'s display image, or a bare array."""
+    """What the gate CNN sees: an ``XRayImage``'s display image, or a bare array (the classifier
+    takes the film itself and its card picks the input)."""
     return np.asarray(getattr(image, "display", image))
 
 
