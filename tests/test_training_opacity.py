@@ -322,3 +322,68 @@ def test_focal_tversky_loss_rewards_lesions_and_stays_finite_on_empty_films() ->
         loss = focal_tversky_bce_loss(tf.zeros((1, 32, 32, 1)), p)
     g = tape.gradient(loss, p).numpy()
     assert np.isfinite(g).all() and np.abs(g).max() < 1.0
+
+
+def _cmp_row(variant: str, dice: float, fp: float, parent: str | None) -> dict:
+    return {"variant": variant, "covid_dice_mean": dice, "normal_false_positive_rate": fp,
+            "continued_from": parent}
+
+
+def test_critic_verdict_pairs_runs_of_one_schedule_and_uses_the_seed_spread() -> None:
+    """The critic is judged against the no-critic run that continued the same parent, on the
+    seeds' means, and a difference inside the seeds' spread is no difference."""
+    from xrayviewer.training.opacity_task import critic_verdict
+
+    rows = {
+        "pix2pix": _cmp_row("pix2pix", 0.60, 0.0, None),  # fresh pair: critic clearly behind
+        "unet": _cmp_row("unet", 0.66, 0.0, None),
+        "p2p_s3": _cmp_row("pix2pix", 0.690, 0.0, "legacy"),
+        "p2p_s4": _cmp_row("pix2pix", 0.680, 0.0, "legacy"),
+        "unet_s3": _cmp_row("unet", 0.686, 0.0, "legacy"),
+        "unet_s4": _cmp_row("unet", 0.676, 0.0, "legacy"),
+    }
+    verdict = critic_verdict(rows, "p2p_s3")
+    assert verdict.startswith("the critic made no material difference")
+    assert "0.6850 with vs 0.6810 without" in verdict and "2 and 2 seeds" in verdict
+    assert "continuing legacy" in verdict
+    # tight seeds: a gain under 0.005 is still none, a larger one is a gain
+    rows["p2p_s4"]["covid_dice_mean"] = 0.6895
+    rows["unet_s4"]["covid_dice_mean"] = 0.6855
+    rows["p2p_s3"]["covid_dice_mean"] = 0.6905
+    assert critic_verdict(rows, "p2p_s3").startswith("the critic made no material difference")
+    rows["unet_s3"]["covid_dice_mean"] = rows["unet_s4"]["covid_dice_mean"] = 0.670
+    assert critic_verdict(rows, "p2p_s3").startswith("the critic helped")
+    # a run without a same-schedule partner falls back to the fresh pair
+    assert critic_verdict(rows, "unet").startswith("the critic hurt")
+    assert critic_verdict({"unet": rows["unet"]}) == "not compared (only one variant evaluated)"
+
+
+def test_input_spec_of_a_whole_film_run() -> None:
+    """A run trained with ``--input-crop none`` records ``crop_margin: null``; evaluating it
+    must not fail on that."""
+    from xrayviewer.training.opacity_task import InputSpec
+
+    spec = InputSpec.from_meta({"input_size": 128, "input_normalization": "display-v1",
+                                "input_crop": "none", "crop_margin": None})
+    assert (spec.size, spec.normalization, spec.crop) == (128, "display-v1", False)
+    crop = InputSpec.from_meta({"input_size": 192, "input_normalization": "rank-v1",
+                                "input_crop": "lung-box", "crop_margin": 0.1})
+    assert crop.crop and crop.margin == 0.1
+
+
+def test_display_input_run_can_take_the_hospital_augmentation(smoke_bundle: Path, data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """``--augmentation hospital`` on a whole-film display-v1 run: recorded in the run's meta,
+    and the default stays the mild set for display-v1."""
+    from xrayviewer.training.__main__ import main
+
+    common = ["--data-dir", str(data_dir), "--max-images", "6", "--split", str(smoke_bundle.parent / "split.json"),
+              "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--input-size", "32",
+              "--base-filters", "2", "--depth", "2", "--variant", "unet", "--normalization", "display-v1",
+              "--input-crop", "none", "--loss", "dice-bce"]
+    for aug, expected in ((["--augmentation", "hospital"], "hospital"), ([], "mild")):
+        run = tmp_path / expected
+        assert main(["train-opacity", *common, "--out", str(run), *aug]) == 0
+        meta = json.loads((run / "train_meta.json").read_text())
+        assert meta["augmentation_set"] == expected and meta["input_crop"] == "none"
+        assert ("window/level" in meta["augmentation"]) == (expected == "hospital")

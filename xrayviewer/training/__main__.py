@@ -125,6 +125,10 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default) or the whole film")
     p.add_argument("--loss", choices=("focal-tversky-bce", "dice-bce"), default="focal-tversky-bce",
                    help="segmentation loss (default %(default)s)")
+    p.add_argument("--augmentation", choices=("mild", "hospital"), default=None,
+                   help="mild photometric set, or the hospital-imitating set (window/level, gamma, "
+                        "blur/sharpen, noise, resampling, borders, burned-in text; default: hospital "
+                        "for rank-v1, mild for display-v1)")
     p.add_argument("--adv-warmup-epochs", type=float, default=0.0,
                    help="pix2pix: ramp the adversarial weight up from 0 over this many epochs")
     p.add_argument("--no-negatives", dest="negatives", action="store_false",
@@ -164,7 +168,7 @@ def _run_opacity(args: argparse.Namespace, command: str) -> int:
                            init_from=args.init_from, positive_fraction=args.positive_fraction,
                            normalization=args.normalization, input_crop=args.input_crop, loss=args.loss,
                            adv_warmup_epochs=args.adv_warmup_epochs, negatives=args.negatives,
-                           models_dir=args.models_dir)
+                           models_dir=args.models_dir, augmentation=args.augmentation)
     elif args.cmd == "evaluate-opacity":
         opacity_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold,
                               args.min_region_fraction, args.lung, args.models_dir)

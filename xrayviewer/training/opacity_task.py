@@ -178,7 +178,9 @@ class InputSpec:
     @classmethod
     def from_meta(cls, meta: dict) -> "InputSpec":
         return cls(int(meta["input_size"]), meta.get("input_normalization", LEGACY),
-                   meta.get("input_crop") == "lung-box", float(meta.get("crop_margin", LUNG_BOX_MARGIN)))
+                   meta.get("input_crop") == "lung-box",
+                   # a whole-film run records crop_margin None
+                   float(meta.get("crop_margin") or LUNG_BOX_MARGIN))
 
     def films(self, grays: Sequence[np.ndarray]) -> list[Any]:
         return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
@@ -326,8 +328,13 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
           mixed_precision: bool, command: str, init_from: Path | None = None,
           positive_fraction: float | None = None, normalization: str = ROBUST,
           input_crop: str = "lung-box", loss: str = "focal-tversky-bce", adv_warmup_epochs: float = 0.0,
-          negatives: bool = True, models_dir: Path | None = None) -> dict:
-    """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``."""
+          negatives: bool = True, models_dir: Path | None = None, augmentation: str | None = None) -> dict:
+    """Train one variant; writes ``model.keras`` (generator), ``history.csv``, ``train_meta.json``.
+
+    ``augmentation``: ``mild`` or ``hospital`` (default: hospital for rank-v1, mild for
+    display-v1); the hospital set lets a display-input generator see the window, gamma and
+    sharpening of other hospitals' films, which display-v1 passes straight to the model.
+    """
     import keras
     import tensorflow as tf
 
@@ -338,6 +345,9 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         raise ValueError(f"variant must be one of {VARIANTS}")
     if input_crop == "lung-box" and normalization != ROBUST:
         raise SystemExit("--input-crop lung-box needs --normalization rank-v1")
+    augmentation = augmentation or ("hospital" if normalization == ROBUST else "mild")
+    if augmentation not in ("mild", "hospital"):
+        raise ValueError(f"unknown augmentation {augmentation!r}")
 
     def records(d: Path, sp: dict, which: str, mx: int | None) -> list[Record]:
         # negatives of other sources train; the checkpoint is chosen on COVID-QU-Ex Val only
@@ -374,7 +384,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
     warmup_steps = max(1, int(round(adv_warmup_epochs * steps)))
     step = make_train_step(generator, critic, g_opt, d_opt, adv_var, loss)
     it = iter(make_dataset(xtr, ytr, batch_size, True, seed, positive_fraction,
-                           robust=normalization == ROBUST))
+                           robust=augmentation == "hospital"))
 
     ckpt = out / MODEL_FILE
     history: list[dict[str, float]] = []
@@ -444,7 +454,8 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         "checkpoint_selection": "epoch with the best mean hard Dice over all COVID-QU-Ex Val films "
                                 "(empty-vs-empty = 1) at model resolution, specks below the app's "
                                 "smallest region dropped first; the last epoch is kept as model_last.keras",
-        "augmentation": AUGMENTATION_ROBUST if normalization == ROBUST else AUGMENTATION,
+        "augmentation": AUGMENTATION_ROBUST if augmentation == "hospital" else AUGMENTATION,
+        "augmentation_set": augmentation,
         "n_train": len(xtr), "n_val": len(xva), "train_classes": _class_counts(train_recs),
         "val_classes": _class_counts(val_recs), "split_file": str(split_file),
         "split_counts": split.get("counts"),
@@ -776,24 +787,46 @@ def plot_history(runs: list[Path], out_png: Path) -> None:
     plt.close(fig)
 
 
-def critic_verdict(comparison: dict[str, dict]) -> str:
-    """One sentence: did the critic help, judged on COVID Dice and the Normal FP rate."""
-    # Same schedule on both sides: runs that continue another run are not part of the pair.
-    first = {}
+def critic_verdict(comparison: dict[str, dict], exported: str | None = None) -> str:
+    """One sentence: did the critic help, judged on COVID Dice and the Normal FP rate.
+
+    Only runs on the same schedule are compared: a pix2pix and a no-critic run that continue
+    the same parent (or both start fresh). The pair of the exported run is preferred; when a
+    variant has several seeds, their means are compared and the seeds' spread is the tolerance.
+    """
+    groups: dict[str | None, dict[str, list[dict]]] = {}
     for row in comparison.values():
-        if not row.get("continued_from"):
-            first.setdefault(row["variant"], row)
-    if not {"pix2pix", "unet"} <= set(first):
+        groups.setdefault(row.get("continued_from"), {}).setdefault(row["variant"], []).append(row)
+    paired = {parent: g for parent, g in groups.items() if {"pix2pix", "unet"} <= set(g)}
+    if not paired:
         return "not compared (only one variant evaluated)"
-    a, b = first["pix2pix"], first["unet"]
-    dd = a["covid_dice_mean"] - b["covid_dice_mean"]
-    dfp = a["normal_false_positive_rate"] - b["normal_false_positive_rate"]
-    helped = dd > 0.005 and dfp <= 0.01
-    hurt = dd < -0.005 or dfp > 0.02
+    own = comparison.get(exported or "", {}).get("continued_from", "") if exported else ""
+    parent = own if own in paired else (None if None in paired else next(iter(paired)))
+    a, b = paired[parent]["pix2pix"], paired[parent]["unet"]
+
+    def mean(rows: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    def spread(rows: list[dict]) -> float:
+        d = [r["covid_dice_mean"] for r in rows]
+        return max(d) - min(d)
+
+    da, db = mean(a, "covid_dice_mean"), mean(b, "covid_dice_mean")
+    fa, fb = mean(a, "normal_false_positive_rate"), mean(b, "normal_false_positive_rate")
+    dd, dfp = da - db, fa - fb
+    seeds = min(len(a), len(b))
+    tol = max(0.005, spread(a), spread(b)) if seeds > 1 else 0.005
+    helped = dd > tol and dfp <= 0.01
+    hurt = dd < -tol or dfp > 0.02
     word = "helped" if helped else "hurt" if hurt else "made no material difference"
-    return (f"the critic {word}: COVID Dice {a['covid_dice_mean']:.4f} with vs {b['covid_dice_mean']:.4f} "
-            f"without ({dd:+.4f}); Normal false-positive rate {a['normal_false_positive_rate']:.3f} vs "
-            f"{b['normal_false_positive_rate']:.3f} (one seed each, same data and schedule)")
+    if seeds > 1:
+        basis = (f"mean of {len(a)} and {len(b)} seeds; seed spread of COVID Dice {spread(a):.4f} with, "
+                 f"{spread(b):.4f} without")
+    else:
+        basis = "one seed each"
+    schedule = f"both continuing {parent}" if parent else "same data and schedule"
+    return (f"the critic {word}: COVID Dice {da:.4f} with vs {db:.4f} without ({dd:+.4f}); "
+            f"Normal false-positive rate {fa:.3f} vs {fb:.3f} ({basis}, {schedule})")
 
 
 def export(run: Path, models_dir: Path, name: str, compare: list[Path], version: str,
@@ -874,7 +907,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "weak_check": summary["weak_check"],
         "latency_cpu": summary["latency_cpu"],
         "comparison": comparison,
-        "critic_verdict": critic_verdict(comparison),
+        "critic_verdict": critic_verdict(comparison, run.name if run.name in comparison else meta["variant"]),
         **provenance(meta, weights),
     }
     notes = run / "notes.json"  # free-form facts about the run (trials that did not finish, caveats)
