@@ -252,6 +252,26 @@ def test_cli_end_to_end_one_step(data_dir: Path, tmp_path: Path) -> None:
     assert "no GPU" in card.hardware["summary"] or card.hardware["gpus"]
     modelstore.clear_cache()
 
+    # a second architecture, not bundled, recorded beside the bundled one: weights untouched
+    res = tmp_path / "resunet"
+    assert main(["train-lung", *common, "--split", str(split), "--out", str(res), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--input-size", "32",
+                 "--base-filters", "2", "--depth", "2", "--variant", "resunet"]) == 0
+    assert main(["evaluate-lung", *common, "--split", str(split), "--run", str(res)]) == 0
+    before = json.loads((out / "card.json").read_text())
+    assert main(["record-lung-comparison", "--run", str(res), "--models-dir", str(tmp_path / "models"),
+                 "--note", "smoke"]) == 0
+    after = json.loads((out / "card.json").read_text())
+    assert after["sha256"] == before["sha256"] == modelstore.sha256_file(out / "lung_unet.keras")
+    assert set(after["comparison"]) == set(before["comparison"]) | {"resunet"}
+    assert after["comparison"]["resunet"]["architecture"].startswith("resunet")
+    assert after["notes"]["comparison"] == "smoke"
+    _, card = modelstore.load_model("lung_unet", tmp_path / "models")  # still passes the load checks
+    (out / "lung_unet.keras").write_bytes(b"changed")
+    with pytest.raises(SystemExit):
+        main(["record-lung-comparison", "--run", str(res), "--models-dir", str(tmp_path / "models")])
+    modelstore.clear_cache()
+
 
 def test_train_tb_and_export_smoke(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train-tb on a few films per source (features, design comparison, checks), export-tb

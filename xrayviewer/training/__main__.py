@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-lung", help="write models/<name>/ with weights and card.json")
     add_export(p, name="lung_unet")
 
+    p = sub.add_parser("record-lung-comparison",
+                       help="add evaluated runs to the bundled lung card's comparison (weights untouched)")
+    p.add_argument("--run", type=Path, nargs="+", required=True, help="evaluated runs")
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="lung_unet")
+    p.add_argument("--note", default=None, help="what the comparison shows, for the card's notes")
+
     p = sub.add_parser("evaluate-sources",
                        help="per-source table of the bundled lung and opacity models (the app's path)")
     add_common(p)
@@ -233,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         lung_task.evaluate(args.run, args.data_dir, args.split, args.max_images, args.threshold)
     elif args.cmd == "export-lung":
         lung_task.export(args.run, args.models_dir, args.name, args.compare, args.version, args.split)
+    elif args.cmd == "record-lung-comparison":
+        lung_task.record_comparison(args.models_dir, args.name, args.run, args.note)
     return 0
 
 
