@@ -42,6 +42,10 @@ def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
     norms = {row.get("input_normalization") for row in card.raw["comparison"].values()}
     assert {"display-v1", "rank-v1"} <= norms and card.input_normalization == "rank-v1"
     assert card.metrics["tb_shenzhen_val"]["n"] > 0
+    # the seed's U-Net vs residual U-Net study, both trained with the Shenzhen outlines, per source
+    trained_with_shenzhen = {row["architecture"].split()[0] for row in card.raw["comparison"].values()
+                             if row.get("n_train", 0) > 3699 and row.get("tb_shenzhen_val_dice")}
+    assert {"unet", "resunet"} <= trained_with_shenzhen
     assert card.metrics["covid_qu_ex_val"]["dice"]["mean"] >= ACHIEVED_VAL_DICE
     assert card.raw["weak_check"]["n"] == len(card.raw["weak_check"]["images"]) == 48
     for k in ("tensorflow", "keras", "numpy"):
