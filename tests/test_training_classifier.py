@@ -138,6 +138,16 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     assert card.raw["robust_input_candidates"][0]["run"] == "run"
     assert "run" in card.raw["source_probe"]["candidates"] and "bundled" in card.raw["source_probe"]
     DiseaseClassifier(models_root=models)  # still loads
+    # the architecture table: a run added, a row dropped with its reason, weights untouched
+    classifier_task.record_comparison(models, "xray_classifier", [loso], {"run": "smoke: not comparable"})
+    modelstore.clear_cache()
+    card = modelstore.read_card("xray_classifier", models)
+    assert card.sha256 == sha
+    assert [r["run"] for r in card.raw["comparison"]] == ["loso"] and "| loso |" in card.raw["comparison_markdown"]
+    assert card.raw["comparison_dropped"] == {"efficientnetb0": "not re-run", "run": "smoke: not comparable"}
+    with pytest.raises(SystemExit, match="no comparison row"):
+        classifier_task.record_comparison(models, "xray_classifier", [], {"nonexistent": "x"})
+    DiseaseClassifier(models_root=models)
 
 
 def test_leave_one_source_out_only_for_sources_with_covid(tmp_path: Path, data_dir: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .cli_args import REPO_ROOT, add_common, add_export, add_train
 
 COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "record-classifier-transfer",
+            "record-classifier-comparison",
             "train-gate", "export-gate", "evaluate-gate", "fit-gate-distance")
 
 
@@ -70,6 +71,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loso", type=Path, nargs="*", default=[], help="leave-one-source-out runs")
     p.add_argument("--candidates", type=Path, nargs="*", default=[], help="candidate runs not bundled")
     p.add_argument("--cache-dir", type=Path, default=None)
+
+    p = sub.add_parser("record-classifier-comparison",
+                       help="add evaluated runs to a bundled classifier's architecture comparison and drop "
+                            "rows with a reason (weights untouched)")
+    p.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    p.add_argument("--name", default="xray_classifier")
+    p.add_argument("--run", type=Path, nargs="*", default=[], help="evaluated runs to add (or replace)")
+    p.add_argument("--drop", nargs="*", default=[], metavar="ROW=REASON",
+                   help="move a row out of the table, with the reason")
 
     p = sub.add_parser("train-gate", help="train the frontal-chest-X-ray gate CNN")
     add_train(p, epochs=10, batch_size=64, lr=3e-3, train_fraction=False, mixed_precision=False)
@@ -133,6 +143,11 @@ def run(args: argparse.Namespace, command: str) -> int:
                                source_disjoint_compare=args.source_disjoint_compare, loso=args.loso,
                                probe_baseline=args.probe_baseline,
                                dropped=dict(d.split("=", 1) for d in args.dropped))
+    elif args.cmd == "record-classifier-comparison":
+        drops = dict(d.split("=", 1) for d in args.drop if "=" in d)
+        if len(drops) != len(args.drop):
+            raise SystemExit("--drop takes ROW=REASON")
+        classifier_task.record_comparison(args.models_dir, args.name, args.run, drops)
     elif args.cmd == "record-classifier-transfer":
         classifier_task.record_transfer(args.models_dir, args.name, args.data_dir, args.split, args.cache_dir,
                                         args.loso, args.candidates, args.max_images, command)

@@ -932,3 +932,30 @@ def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Pat
     write_card(dest, card, ClassifierCard)
     log.info("recorded transfer figures in %s", dest / "card.json")
     return card
+
+
+def record_comparison(models_dir: Path, name: str, runs: list[Path], dropped: dict[str, str]) -> Path:
+    """Put evaluated runs into a bundled classifier's architecture comparison, and move rows
+    that do not measure what the table claims into ``comparison_dropped`` with the reason,
+    without touching the weights (a re-export would re-fit calibration and re-save them).
+
+    A run whose name is already in the table replaces that row."""
+    dest = models_dir / name
+    card = json.loads((dest / "card.json").read_text())
+    if sha256_file(dest / card["weights_file"]) != card.get("sha256"):
+        raise SystemExit(f"{dest / card['weights_file']}: sha256 differs from its card; export the model instead")
+    unknown = set(dropped) - {r["run"] for r in card.get("comparison", [])}
+    if unknown:
+        raise SystemExit(f"no comparison row named {sorted(unknown)} in {dest / 'card.json'}")
+    new = [comparison_row(run) for run in runs]
+    names = {r["run"] for r in new}
+    kept = [r for r in card.get("comparison", []) if r["run"] not in names and r["run"] not in dropped]
+    rows = kept + new
+    card["comparison"] = rows
+    card["comparison_markdown"] = markdown_table(rows)
+    card["comparison_dropped"] = {**(card.get("comparison_dropped") or {}), **dropped}
+    card.pop("schema_version", None)
+    write_card(dest, card, ClassifierCard)
+    log.info("comparison of %s: %d rows, %d dropped", dest, len(rows), len(card["comparison_dropped"]))
+    return dest
+
