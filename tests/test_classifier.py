@@ -42,7 +42,13 @@ def test_card_fields_and_hash(card: modelstore.ModelCard) -> None:
     assert (card.directory / cal["reliability_diagram"]).is_file()
     assert set(raw["operating_points"]) == set(CLASSES)
     archs = {r["arch"] for r in raw["comparison"]}
-    assert len(archs) >= 3, archs
+    assert len(archs) >= 2, archs
+    # issue 17: other networks are compared at the bundled model's training time, or dropped
+    # from the table with the reason
+    bundled_s = float(raw["train_wall_time_s"])
+    others = [r for r in raw["comparison"] if r["arch"] != raw["comparison"][0]["arch"]]
+    assert others and all(r["train_wall_time_s"] >= 0.9 * bundled_s for r in others), others
+    assert all(reason for reason in (raw.get("comparison_dropped") or {}).values())
     assert {r["input_mode"] for r in raw["comparison"]} == {"full", "lung_crop"}
     sd = raw["source_disjoint"]
     assert sd["test_ieee8023"]["n"] > 300

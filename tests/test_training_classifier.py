@@ -145,6 +145,8 @@ def test_tiny_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     assert card.sha256 == sha
     assert [r["run"] for r in card.raw["comparison"]] == ["loso"] and "| loso |" in card.raw["comparison_markdown"]
     assert card.raw["comparison_dropped"] == {"efficientnetb0": "not re-run", "run": "smoke: not comparable"}
+    classifier_task.record_comparison(models, "xray_classifier", [], {"run": "restated"})
+    assert modelstore.read_card("xray_classifier", models).raw["comparison_dropped"]["run"] == "restated"
     with pytest.raises(SystemExit, match="no comparison row"):
         classifier_task.record_comparison(models, "xray_classifier", [], {"nonexistent": "x"})
     DiseaseClassifier(models_root=models)

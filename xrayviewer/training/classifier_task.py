@@ -944,7 +944,8 @@ def record_comparison(models_dir: Path, name: str, runs: list[Path], dropped: di
     card = json.loads((dest / "card.json").read_text())
     if sha256_file(dest / card["weights_file"]) != card.get("sha256"):
         raise SystemExit(f"{dest / card['weights_file']}: sha256 differs from its card; export the model instead")
-    unknown = set(dropped) - {r["run"] for r in card.get("comparison", [])}
+    # a row dropped before may have its reason restated
+    unknown = set(dropped) - {r["run"] for r in card.get("comparison", [])} - set(card.get("comparison_dropped") or {})
     if unknown:
         raise SystemExit(f"no comparison row named {sorted(unknown)} in {dest / 'card.json'}")
     new = [comparison_row(run) for run in runs]
