@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import classifier_cli
-from .cli_args import REPO_ROOT, add_common, add_export, add_normalization, add_train
+from .cli_args import REPO_ROOT, add_augmentation, add_common, add_export, add_normalization, add_train
 
 log = logging.getLogger("xrayviewer.training")
 
@@ -132,10 +132,7 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default) or the whole film")
     p.add_argument("--loss", choices=("focal-tversky-bce", "dice-bce"), default="focal-tversky-bce",
                    help="segmentation loss (default %(default)s)")
-    p.add_argument("--augmentation", choices=("mild", "hospital"), default=None,
-                   help="mild photometric set, or the hospital-imitating set (window/level, gamma, "
-                        "blur/sharpen, noise, resampling, borders, burned-in text; default: hospital "
-                        "for rank-v1, mild for display-v1)")
+    add_augmentation(p)
     p.add_argument("--adv-warmup-epochs", type=float, default=0.0,
                    help="pix2pix: ramp the adversarial weight up from 0 over this many epochs")
     p.add_argument("--no-negatives", dest="negatives", action="store_false",

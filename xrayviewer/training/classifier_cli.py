@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_args import REPO_ROOT, add_common, add_export, add_train
+from .cli_args import REPO_ROOT, add_augmentation, add_common, add_export, add_train
 
 COMMANDS = ("train-classifier", "evaluate-classifier", "export-classifier", "record-classifier-transfer",
             "record-classifier-comparison",
@@ -30,9 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization", choices=("display-v1", "rank-v1"), default="display-v1",
                    help="model input (xrayviewer.modellayer.preprocessing); rank-v1 also uses the "
                         "hospital-imitating augmentation (default: %(default)s)")
-    p.add_argument("--augmentation", choices=("mild", "hospital"), default=None,
-                   help="mild photometric set, or the hospital-imitating set of the segmentation models "
-                        "(default: hospital for rank-v1, mild for display-v1)")
+    add_augmentation(p)
     p.add_argument("--balance", choices=("class", "source-class"), default="class",
                    help="loss weights: per class, or per class with every source an equal share "
                         "(default: %(default)s)")

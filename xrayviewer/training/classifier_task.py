@@ -30,7 +30,7 @@ import numpy as np
 from ..modellayer.classifier import EMBEDDING_LAYER, ClassifierCard
 from ..modellayer.common import mahalanobis, softmax
 from ..modellayer.modelstore import sha256_file
-from ..modellayer.preprocessing import LEGACY, NORMALIZATIONS, ROBUST
+from ..modellayer.preprocessing import LEGACY, NORMALIZATIONS
 from .classifier_metrics import (
     auc_binary,
     cross_fitted_ece,
@@ -44,8 +44,8 @@ from .classifier_metrics import (
     youden_threshold,
 )
 from .datasets import COVID, NORMAL, OTHER, Record, _spread, fingerprint, is_frontal_xray, read_all, read_gray
-from .export_common import preprocessing_text, provenance, write_card
-from .runinfo import hardware_info, library_versions, start_run, training_sets
+from .export_common import card_for_update, preprocessing_text, provenance, write_card
+from .runinfo import hardware_info, library_versions, resolve_augmentation, start_run, training_sets
 from .splits import NEAR_DUP_CORR, read_split, rel_key
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ CLASS_NAMES = (NORMAL, COVID, OTHER)
 SOURCES = ("covid-qu-ex", "nih", "ieee8023")
 COVID_SOURCES = ("covid-qu-ex", "ieee8023")  # the sources with COVID-19 films: leave-one-source-out runs
 BALANCING = ("class", "source-class")
-AUGMENTATIONS = ("mild", "hospital")
 # source-class balancing: a pair's weight grows at most this much over plain class balancing
 MAX_PAIR_BOOST = 4.0
 MODEL_FILE = "model.keras"
@@ -286,9 +285,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, arch: str, input_size:
     ``normalization``: the model input; ``augmentation``: ``mild`` or ``hospital`` (default:
     ``hospital`` for ``rank-v1``, ``mild`` otherwise); ``balance``: ``class`` weights, or
     ``source-class`` (see :func:`source_class_weights`)."""
-    augmentation = augmentation or ("hospital" if normalization == ROBUST else "mild")
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augmentation!r} (known: {AUGMENTATIONS})")
+    augmentation = resolve_augmentation(augmentation, normalization)
     if balance not in BALANCING:
         raise ValueError(f"unknown balancing {balance!r} (known: {BALANCING})")
     import keras
@@ -911,7 +908,7 @@ def record_transfer(models_dir: Path, name: str, data_dir: Path, split_file: Pat
         probe["candidates"][run.name] = probe_of_model(m, c_size, c_mode, c_norm, sets, cache_dir)
         row = comparison_row(run)
         row.update(input_normalization=c_norm, balance=meta.get("balance", "class"),
-                   augmentation_set=meta.get("augmentation_set", "hospital" if c_norm == ROBUST else "mild"),
+                   augmentation_set=resolve_augmentation(meta.get("augmentation_set"), c_norm),
                    val_macro_auc_by_source={s: round(b["macro_auc"], 4) for s, b in json.loads(
                        (run / "eval" / "summary.json").read_text())["val_by_source"].items()},
                    outside_normals=outside_normals(m, c_size, c_mode, c_norm, groups),
@@ -941,9 +938,7 @@ def record_comparison(models_dir: Path, name: str, runs: list[Path], dropped: di
 
     A run whose name is already in the table replaces that row."""
     dest = models_dir / name
-    card = json.loads((dest / "card.json").read_text())
-    if sha256_file(dest / card["weights_file"]) != card.get("sha256"):
-        raise SystemExit(f"{dest / card['weights_file']}: sha256 differs from its card; export the model instead")
+    card = card_for_update(dest)
     # a row dropped before may have its reason restated
     unknown = set(dropped) - {r["run"] for r in card.get("comparison", [])} - set(card.get("comparison_dropped") or {})
     if unknown:
@@ -955,7 +950,6 @@ def record_comparison(models_dir: Path, name: str, runs: list[Path], dropped: di
     card["comparison"] = rows
     card["comparison_markdown"] = markdown_table(rows)
     card["comparison_dropped"] = {**(card.get("comparison_dropped") or {}), **dropped}
-    card.pop("schema_version", None)
     write_card(dest, card, ClassifierCard)
     log.info("comparison of %s: %d rows, %d dropped", dest, len(rows), len(card["comparison_dropped"]))
     return dest

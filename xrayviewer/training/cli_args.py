@@ -59,3 +59,15 @@ def add_normalization(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=ROBUST,
                    help="model input normalisation (default %(default)s: rank map of the film's "
                         "values, independent of window, bit depth and source statistics)")
+
+
+def add_augmentation(p: argparse.ArgumentParser) -> None:
+    """--augmentation: the training augmentation set (``runinfo.resolve_augmentation`` picks
+    the default from the run's normalisation)."""
+    from .runinfo import AUGMENTATIONS
+
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, default=None,
+                   help="mild photometric set, or the hospital-imitating set of the segmentation models "
+                        "(window/level, gamma, blur/sharpen, noise, resampling, borders, burned-in text; "
+                        "default: hospital for rank-v1, mild for display-v1)")
+

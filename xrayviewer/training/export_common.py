@@ -141,6 +141,18 @@ def compare_runs(runs: list[Path], short: Callable[[dict, dict], dict]) -> dict[
     return rows
 
 
+def card_for_update(dest: Path) -> dict[str, Any]:
+    """A bundled model's card as a dict to amend without re-exporting (weights untouched: a
+    re-export would re-save them under a new sha256). Refuses when the weights no longer
+    match the card; ``schema_version`` is left to :func:`write_card`."""
+    card = json.loads((dest / CARD_FILE).read_text())
+    weights = dest / card["weights_file"]
+    if sha256_file(weights) != card.get("sha256"):
+        raise SystemExit(f"{weights}: sha256 differs from its card; export the model instead")
+    card.pop("schema_version", None)
+    return card
+
+
 def write_card(dest: Path, card: dict[str, Any], section: type[CardSection]) -> Path:
     """``<dest>/card.json`` with the current ``schema_version``, then read back through the
     app's card checks with the model's ``section`` (``modellayer.cards``), so an export never

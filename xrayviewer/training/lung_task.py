@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from ..modellayer.cards import CARD_FILE
 from ..modellayer.common import predict_probabilities
 from ..modellayer.lung import LungCard
-from ..modellayer.modelstore import sha256_file
 from ..modellayer.postprocess import clean_binary, lung_labels
 from ..modellayer.preprocessing import LEGACY, ROBUST
 from .datasets import Record, _spread, fingerprint, read_all, read_gray, read_mask
 from .export_common import (
+    card_for_update,
     compare_runs,
     copy_segmentation_evals,
     lineage,
@@ -345,17 +344,13 @@ def record_comparison(models_dir: Path, name: str, runs: list[Path], note: str |
     card's comparison without touching the weights: re-exporting would re-save the same
     weights under a new sha256, and a run that is not bundled must still be in the card."""
     dest = models_dir / name
-    card = json.loads((dest / CARD_FILE).read_text())
-    weights = dest / card["weights_file"]
-    if sha256_file(weights) != card.get("sha256"):
-        raise SystemExit(f"{weights}: sha256 differs from its card; export the model instead")
+    card = card_for_update(dest)
     rows = compare_runs(runs, _short)
     card["comparison"] = {**card.get("comparison", {}),
                           **{run.name: row for run, row in zip(runs, rows.values())}}
     if note:
         card.setdefault("notes", {})["comparison"] = note
-    card.pop("schema_version", None)
     write_card(dest, card, LungCard)
-    log.info("recorded %d run(s) in %s", len(runs), dest / CARD_FILE)
+    log.info("recorded %d run(s) in %s", len(runs), dest)
     return dest
 

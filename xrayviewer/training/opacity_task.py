@@ -62,7 +62,14 @@ from .export_common import (
     write_segmentation_eval,
 )
 from .metrics import aggregate, segmentation_metrics, time_call
-from .runinfo import AUGMENTATION_ROBUST, hardware_info, library_versions, prepare_run, source_counts
+from .runinfo import (
+    AUGMENTATION_ROBUST,
+    hardware_info,
+    library_versions,
+    prepare_run,
+    resolve_augmentation,
+    source_counts,
+)
 from .splits import read_split, rel_key, select
 
 log = logging.getLogger(__name__)
@@ -177,10 +184,9 @@ class InputSpec:
 
     @classmethod
     def from_meta(cls, meta: dict) -> "InputSpec":
+        margin = meta.get("crop_margin")  # None in a whole-film run's meta
         return cls(int(meta["input_size"]), meta.get("input_normalization", LEGACY),
-                   meta.get("input_crop") == "lung-box",
-                   # a whole-film run records crop_margin None
-                   float(meta.get("crop_margin") or LUNG_BOX_MARGIN))
+                   meta.get("input_crop") == "lung-box", float(LUNG_BOX_MARGIN if margin is None else margin))
 
     def films(self, grays: Sequence[np.ndarray]) -> list[Any]:
         return [film_input(g) for g in grays] if self.normalization == ROBUST else list(grays)
@@ -345,9 +351,7 @@ def train(data_dir: Path, split_file: Path, out: Path, *, variant: str, input_si
         raise ValueError(f"variant must be one of {VARIANTS}")
     if input_crop == "lung-box" and normalization != ROBUST:
         raise SystemExit("--input-crop lung-box needs --normalization rank-v1")
-    augmentation = augmentation or ("hospital" if normalization == ROBUST else "mild")
-    if augmentation not in ("mild", "hospital"):
-        raise ValueError(f"unknown augmentation {augmentation!r}")
+    augmentation = resolve_augmentation(augmentation, normalization)
 
     def records(d: Path, sp: dict, which: str, mx: int | None) -> list[Record]:
         # negatives of other sources train; the checkpoint is chosen on COVID-QU-Ex Val only
@@ -800,7 +804,7 @@ def critic_verdict(comparison: dict[str, dict], exported: str | None = None) -> 
     paired = {parent: g for parent, g in groups.items() if {"pix2pix", "unet"} <= set(g)}
     if not paired:
         return "not compared (only one variant evaluated)"
-    own = comparison.get(exported or "", {}).get("continued_from", "") if exported else ""
+    own = comparison[exported].get("continued_from") if exported in comparison else ""
     parent = own if own in paired else (None if None in paired else next(iter(paired)))
     a, b = paired[parent]["pix2pix"], paired[parent]["unet"]
 
@@ -907,7 +911,7 @@ def export(run: Path, models_dir: Path, name: str, compare: list[Path], version:
         "weak_check": summary["weak_check"],
         "latency_cpu": summary["latency_cpu"],
         "comparison": comparison,
-        "critic_verdict": critic_verdict(comparison, run.name if run.name in comparison else meta["variant"]),
+        "critic_verdict": critic_verdict(comparison, next(iter(comparison))),  # the exported run's row comes first
         **provenance(meta, weights),
     }
     notes = run / "notes.json"  # free-form facts about the run (trials that did not finish, caveats)

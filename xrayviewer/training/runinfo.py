@@ -24,6 +24,18 @@ AUGMENTATION_ROBUST = ("hospital imitation (training.pipeline.augment_hospital):
                        "down/up-sampling to 40-100% (30%); Gaussian noise sigma<=0.03; a black or "
                        "white border band up to 7% (30%) and a burned-in text block near a corner "
                        "(30%); no flip")
+AUGMENTATIONS = ("mild", "hospital")
+
+
+def resolve_augmentation(augmentation: str | None, normalization: str) -> str:
+    """A run's augmentation set: as asked, else the hospital-imitating set for the robust
+    input (``rank-v1``) and the mild set for the display input."""
+    from ..modellayer.preprocessing import ROBUST
+
+    augmentation = augmentation or ("hospital" if normalization == ROBUST else "mild")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r} (known: {AUGMENTATIONS})")
+    return augmentation
 
 
 # ---------------------------------------------------------------- what a run records
