@@ -216,6 +216,27 @@ def test_split_is_patient_disjoint_and_duplicate_free(real_split: tuple[list[Rec
             assert a[k] == r.folder_split.lower()
 
 
+
+def test_fingerprints_zero_a_bad_file_but_raise_a_missing_library(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken film must not stop the split; a missing OpenCV must, or every film would go
+    unfingerprinted and the split would silently keep near-duplicates on both sides."""
+    from xrayviewer.training import splits
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    rec = Record(image=str(bad), source="nih", patient_id="p1")
+    fp = splits.compute_fingerprints([rec])
+    assert fp.shape == (1, 1024) and not fp.any()
+
+    def no_cv2(path: Path) -> np.ndarray:
+        raise ModuleNotFoundError("No module named 'cv2'")
+
+    monkeypatch.setattr(splits, "read_gray", no_cv2)
+    with pytest.raises(ImportError):
+        splits.compute_fingerprints([rec])
+
+
 # ------------------------------------------------------------------ CLI end to end
 def test_cli_help() -> None:
     res = subprocess.run([sys.executable, "-m", "xrayviewer.training", "--help"], cwd=REPO,

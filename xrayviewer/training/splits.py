@@ -48,10 +48,15 @@ class _UnionFind:
 
 
 def compute_fingerprints(records: list[Record], workers: int = 2) -> np.ndarray:
-    """(N, 1024) fingerprints; unreadable images get a zero vector (never a duplicate)."""
+    """(N, 1024) fingerprints; unreadable images get a zero vector (never a duplicate).
+
+    A missing library (OpenCV) is not a bad file: it would leave every film unfingerprinted
+    and silently write a different split (no near-duplicates removed), so it is raised."""
     def one(r: Record) -> np.ndarray:
         try:
             return fingerprint(read_gray(r.image))
+        except ImportError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a bad file must not stop the split
             log.warning("cannot fingerprint %s: %s", r.image, exc)
             return np.zeros(1024, np.float32)
