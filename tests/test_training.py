@@ -317,3 +317,34 @@ def test_train_tb_and_export_smoke(data_dir: Path, tmp_path: Path, monkeypatch: 
     assert card.training_command.startswith("python -m xrayviewer.training train-tb")
     assert card.raw["parity_check"]["n"] > 0 and (models / "tb_head" / "comparison.csv").is_file()
     modelstore.clear_cache()
+
+
+def test_continue_from_bundle_rebuilds_the_lineage_and_refuses_altered_weights(tmp_path: Path) -> None:
+    """A continuation of a bundled model must keep every earlier stage's epochs and time in its
+    card; the bundle's run folders are rebuilt from its card, and weights that do not match
+    the card's sha256 are refused rather than continued under the card's name."""
+    import shutil
+
+    from xrayviewer.modellayer import modelstore
+    from xrayviewer.training.__main__ import main
+    from xrayviewer.training.export_common import lineage, read_meta, total_epochs
+
+    src = modelstore.models_dir() / "opacity_generator"
+    card = json.loads((src / "card.json").read_text())
+    bundle = tmp_path / "models" / "opacity_generator"
+    shutil.copytree(src, bundle)
+    out = tmp_path / "legacy"
+    assert main(["continue-from-bundle", "--model-dir", str(bundle), "--out", str(out)]) == 0
+    stages = card.get("training_stages") or [card]
+    last = out / f"stage{len(stages)}"
+    assert (last / "model.keras").read_bytes() == (bundle / card["weights_file"]).read_bytes()
+    chain = lineage(read_meta(last))
+    assert [m["command"] for m in chain] == [s.get("command", card["training_command"]) for s in stages]
+    assert total_epochs(read_meta(last)) == sum(int(s.get("epochs_run") or 0) for s in stages)
+    assert chain[0]["init_from"] is None and chain[-1]["input_normalization"] == card.get(
+        "input_normalization", "display-v1")
+
+    with open(bundle / card["weights_file"], "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(SystemExit, match="sha256"):
+        main(["continue-from-bundle", "--model-dir", str(bundle), "--out", str(tmp_path / "again")])

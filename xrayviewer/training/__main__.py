@@ -157,6 +157,11 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-opacity", help="write models/<name>/ (generator only) with card.json")
     add_export(p, name="opacity_generator")
 
+    p = sub.add_parser("continue-from-bundle",
+                       help="rebuild a bundled model's run folders from its card, to continue it with --init-from")
+    p.add_argument("--model-dir", type=Path, default=Path("models/opacity_generator"))
+    p.add_argument("--out", type=Path, required=True)
+
 
 def _run_opacity(args: argparse.Namespace, command: str) -> int:
     from . import opacity_task
@@ -209,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
 
         study(args.data_dir, args.out)
         print((args.out.with_suffix(".md")).read_text())
+        return 0
+    if args.cmd == "continue-from-bundle":
+        from .export_common import run_from_bundle
+
+        print(run_from_bundle(args.model_dir, args.out))
         return 0
     if args.cmd.endswith("-opacity"):
         return _run_opacity(args, command)

@@ -161,3 +161,40 @@ def write_card(dest: Path, card: dict[str, Any], section: type[CardSection]) -> 
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **card}, indent=1, default=float))
     read_card(dest.name, dest.parent, section)
     return path
+
+
+def run_from_bundle(model_dir: Path, out: Path) -> Path:
+    """Turn a bundled model back into a run folder that ``--init-from`` can continue.
+
+    Why: a continuation's card sums every stage's epochs and time (``lineage``), but the
+    bundled model's own run folders live on the machine that trained it. The card keeps each
+    stage's command, epochs, times and hardware (``training_stages``), so the chain of
+    ``train_meta.json`` files is rebuilt from it: ``out/stage1 ... out/stageN``, the weights in
+    the last one. Returns the weights path to pass to ``--init-from``.
+    """
+    card = read_card(model_dir.name, model_dir.parent).raw
+    weights = model_dir / card["weights_file"]
+    if sha256_file(weights) != card["sha256"]:
+        raise SystemExit(f"{weights}: sha256 differs from its card; not a bundled model to continue")
+    stages = card.get("training_stages") or [{
+        "command": card["training_command"], "epochs_run": card.get("epochs_run"),
+        "train_wall_time_s": card["train_wall_time_s"], "total_wall_time_s": card["wall_time_s"],
+        "hardware": card["hardware"]["summary"]}]
+    base = {k: card[k] for k in ("variant", "architecture", "params", "input_size", "library_versions")
+            if k in card}
+    base["input_normalization"] = card.get("input_normalization", "display-v1")
+    base["rebuilt_from_card"] = f"{card['name']} v{card['version']} ({card['sha256'][:12]})"
+    parent: Path | None = None
+    for i, stage in enumerate(stages, 1):
+        folder = out / f"stage{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = dict(base, command=stage["command"], epochs_run=stage["epochs_run"],
+                    epochs=stage["epochs_run"], train_wall_time_s=stage["train_wall_time_s"],
+                    total_wall_time_s=stage["total_wall_time_s"],
+                    hardware={**card["hardware"], "summary": stage["hardware"]},
+                    init_from=str(parent / "model.keras") if parent else None)
+        (folder / "train_meta.json").write_text(json.dumps(meta, indent=1))
+        parent = folder
+    assert parent is not None
+    shutil.copyfile(weights, parent / "model.keras")
+    return parent / "model.keras"
