@@ -335,12 +335,12 @@ def test_continue_from_bundle_rebuilds_the_lineage_and_refuses_altered_weights(t
     shutil.copytree(src, bundle)
     out = tmp_path / "legacy"
     assert main(["continue-from-bundle", "--model-dir", str(bundle), "--out", str(out)]) == 0
-    stages = card.get("training_stages") or [card]
+    stages = card["training_stages"]
     last = out / f"stage{len(stages)}"
     assert (last / "model.keras").read_bytes() == (bundle / card["weights_file"]).read_bytes()
     chain = lineage(read_meta(last))
-    assert [m["command"] for m in chain] == [s.get("command", card["training_command"]) for s in stages]
-    assert total_epochs(read_meta(last)) == sum(int(s.get("epochs_run") or 0) for s in stages)
+    assert [m["command"] for m in chain] == [s["command"] for s in stages]
+    assert total_epochs(read_meta(last)) == sum(int(s["epochs_run"]) for s in stages)
     assert chain[0]["init_from"] is None and chain[-1]["input_normalization"] == card.get(
         "input_normalization", "display-v1")
 

@@ -158,7 +158,8 @@ def _add_opacity_parsers(sub: argparse._SubParsersAction) -> None:
     add_export(p, name="opacity_generator")
 
     p = sub.add_parser("continue-from-bundle",
-                       help="rebuild a bundled model's run folders from its card, to continue it with --init-from")
+                       help="rebuild a bundled opacity generator's run folders from its card, to continue it "
+                            "with train-opacity --init-from")
     p.add_argument("--model-dir", type=Path, default=Path("models/opacity_generator"))
     p.add_argument("--out", type=Path, required=True)
 

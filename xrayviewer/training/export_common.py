@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelError
 from ..modellayer.cards import CARD_FILE, SCHEMA_VERSION, CardSection
-from ..modellayer.modelstore import read_card, sha256_file
+from ..modellayer.modelstore import read_card, sha256_file, verify_weights
 from ..modellayer.preprocessing import ROBUST
 
 VAL_CSV, GB_CSV = "metrics_covid_qu_ex_val.csv", "metrics_generalblockchain.csv"
@@ -170,20 +171,24 @@ def run_from_bundle(model_dir: Path, out: Path) -> Path:
     bundled model's own run folders live on the machine that trained it. The card keeps each
     stage's command, epochs, times and hardware (``training_stages``), so the chain of
     ``train_meta.json`` files is rebuilt from it: ``out/stage1 ... out/stageN``, the weights in
-    the last one. Returns the weights path to pass to ``--init-from``.
+    the last one. Returns the weights path to pass to ``--init-from``. Made for the opacity
+    generator: the lung task's loss curves also need each stage's ``steps_per_epoch``, which
+    cards do not keep.
     """
-    card = read_card(model_dir.name, model_dir.parent).raw
-    weights = model_dir / card["weights_file"]
-    if sha256_file(weights) != card["sha256"]:
-        raise SystemExit(f"{weights}: sha256 differs from its card; not a bundled model to continue")
-    stages = card.get("training_stages") or [{
-        "command": card["training_command"], "epochs_run": card.get("epochs_run"),
-        "train_wall_time_s": card["train_wall_time_s"], "total_wall_time_s": card["wall_time_s"],
-        "hardware": card["hardware"]["summary"]}]
+    parsed = read_card(model_dir.name, model_dir.parent)
+    try:
+        weights = verify_weights(parsed)
+    except ModelError as exc:
+        raise SystemExit(f"{exc}; not a bundled model to continue") from exc
+    card = parsed.raw
+    stages = card.get("training_stages")
+    if not stages:  # a one-run card names no epoch count outside its command
+        raise SystemExit(f"{model_dir}: its card has no training_stages, so the epochs of its training "
+                         "are not recorded; continue its original run folder instead")
     base = {k: card[k] for k in ("variant", "architecture", "params", "input_size", "library_versions")
             if k in card}
-    base["input_normalization"] = card.get("input_normalization", "display-v1")
-    base["rebuilt_from_card"] = f"{card['name']} v{card['version']} ({card['sha256'][:12]})"
+    base["input_normalization"] = parsed.input_normalization
+    base["rebuilt_from_card"] = f"{parsed.name} v{parsed.version} ({parsed.sha256[:12]})"
     parent: Path | None = None
     for i, stage in enumerate(stages, 1):
         folder = out / f"stage{i}"
